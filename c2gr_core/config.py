@@ -1,0 +1,165 @@
+"""Configuration: one dataclass per component, composed into an experiment config.
+
+Presets (DESIGN.md): `tiny` for tests/CI/notebook defaults, `cpu` for laptop benchmarks,
+`paper` for sec. 4.2 on a GPU. A config round-trips through JSON (saved beside results).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 32
+    n_train: int = 48          # synthetic tasks only; real tasks use their prepared splits
+    n_val: int = 8
+    n_test: int = 16
+    data_root: str | None = None  # where `c2gr prepare` wrote real tasks
+
+
+@dataclass
+class SegmentorConfig:
+    channels: tuple[int, ...] = (8, 16, 32)
+    cross_attention_dim: int = 32   # prompt token dim seen by the cross-attention of eq. 6
+    num_head_channels: int = 8
+    norm_groups: int = 4
+
+
+@dataclass
+class DenoiserConfig:
+    channels: tuple[int, ...] = (16, 32, 32)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 8
+    norm_groups: int = 8
+    cross_attention_dim: int = 32
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 1000            # K (sec. 4.2)
+    schedule: str = "linear_beta"
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    objective: str = "bjd"                    # "bjd" (eq. 3) or "njd" (eq. 1)
+    sampler: str = "ddim"                     # "ddpm" or "ddim"
+    sample_steps: int = 10                    # paper: DDPM with 200 reverse steps
+    mask_code: str = "onehot"                 # how a label map becomes continuous channels
+
+
+@dataclass
+class PromptConfig:
+    encoder: str = "minilm"                   # "minilm" (offline default) | "open_clip" | "hash" (tests only)
+    open_clip_model: str = "ViT-B-32"
+    open_clip_checkpoint: str | None = None   # a local file; nothing is downloaded
+    node_dim: int = 32                        # paper: 512
+    q_dim: int = 16                           # paper: 256
+    rups: bool = True                         # False: the "w/o RUPS" ablation
+    # Each network maps the prompt to n_tokens cross-attention tokens. With a single token the
+    # softmax of eq. 6 is identically 1 and the attention degenerates to adding V*zeta.
+    n_tokens: int = 4
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2                           # per round; paper: 300
+    batch_size: int = 16                      # paper: 48
+    lr: float = 1e-4
+    seg_lr: float | None = None               # None: same as lr
+    replay_per_task: int | None = None        # None: as many as the task's training set (sec. 4.2)
+    amp_bf16: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class ExperimentConfig:
+    preset: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    segmentor: SegmentorConfig = field(default_factory=SegmentorConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        return _from_dict(cls, d, "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _from_dict(cls, d: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _tiny() -> ExperimentConfig:
+    return ExperimentConfig(preset="tiny")
+
+
+def _cpu() -> ExperimentConfig:
+    return ExperimentConfig(
+        preset="cpu",
+        data=DataConfig(image_size=64, n_train=200, n_val=40, n_test=60),
+        segmentor=SegmentorConfig(channels=(16, 32, 64, 128), cross_attention_dim=128,
+                                  num_head_channels=16, norm_groups=8),
+        denoiser=DenoiserConfig(channels=(32, 64, 64, 128), attention_levels=(False, False, True, True),
+                                num_res_blocks=1, num_head_channels=16, norm_groups=16,
+                                cross_attention_dim=128),
+        diffusion=DiffusionConfig(sample_steps=25),
+        prompt=PromptConfig(node_dim=128, q_dim=64),
+        train=TrainConfig(epochs=10, batch_size=16, lr=2e-4),
+    )
+
+
+def _paper() -> ExperimentConfig:
+    # Sec. 4.2: segmentor 32..512, denoiser 128..512, cross-attention 768, K = 1000,
+    # 200 reverse steps, Adam 1e-4, batch 48, 300 epochs/round, node dim 512, q dim 256.
+    return ExperimentConfig(
+        preset="paper",
+        data=DataConfig(image_size=256, n_train=1000, n_val=250, n_test=400),
+        segmentor=SegmentorConfig(channels=(32, 64, 128, 256, 512, 512, 512), cross_attention_dim=768,
+                                  num_head_channels=32, norm_groups=16),
+        denoiser=DenoiserConfig(channels=(128, 128, 256, 256, 512, 512),
+                                attention_levels=(False, False, False, True, True, True),
+                                num_res_blocks=2, num_head_channels=64, norm_groups=32,
+                                cross_attention_dim=768),
+        diffusion=DiffusionConfig(sampler="ddpm", sample_steps=200),
+        prompt=PromptConfig(encoder="open_clip", node_dim=512, q_dim=256),
+        train=TrainConfig(epochs=300, batch_size=48, lr=1e-4),
+    )
+
+
+PRESETS = {"tiny": _tiny, "cpu": _cpu, "paper": _paper}
+
+
+def preset(name: str, **overrides: Any) -> ExperimentConfig:
+    """A fresh config for preset `name`; `overrides` replace top-level sections."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return replace(cfg, **overrides) if overrides else cfg
