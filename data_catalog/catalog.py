@@ -199,12 +199,12 @@ def load_task(entry: StreamEntry | str, image_size: int, seed: int, data_root: s
     card = get_card(entry.name)
     if root is None:
         raise DataError(f"task {entry.name!r} needs prepared data, but no data root is set: pass data_root or set "
-                        f"{DATA_ROOT_ENV}, after running `c2gr prepare {card.dataset} SRC DST`; "
+                        f"{DATA_ROOT_ENV}, after running `c2gr prepare {entry.name} SRC <root>/{entry.name}`; "
                         f"or use the procedural twin 'synthetic:{entry.name}'")
     path = root / entry.name
     if not path.is_dir():
-        raise DataError(f"{path}: no prepared data for task {entry.name!r}; run `c2gr prepare {card.dataset} SRC "
-                        f"{root}` on the downloaded dataset ({card.source or 'see its card'}), "
+        raise DataError(f"{path}: no prepared data for task {entry.name!r}; run `c2gr prepare {entry.name} SRC "
+                        f"{path}` on the downloaded dataset ({card.source or 'see its card'}), "
                         f"or use 'synthetic:{entry.name}'")
     from .prepared import load_prepared  # written separately; only real-data runs need it
 

@@ -91,10 +91,10 @@ def resize_pair(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.nd
     """Resize to size x size: area/bilinear for images, nearest for label maps (labels survive)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images, masks
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    x = torch.from_numpy(np.array(images, dtype=np.float32, copy=True))
     mode = "area" if images.shape[-1] > size else "bilinear"
     x = F.interpolate(x, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
-    y = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1).float()
+    y = torch.from_numpy(np.array(masks, copy=True)).unsqueeze(1).float()  # masks may be read-only memmaps
     y = F.interpolate(y, size=(size, size), mode="nearest-exact")
     return x.clamp(-1, 1).numpy(), y.squeeze(1).to(torch.uint8).numpy()
 

@@ -118,12 +118,12 @@ def test_bad_role_and_entry_kind():
 
 def test_load_task_without_prepared_data_says_prepare(tmp_path, monkeypatch):
     monkeypatch.delenv(catalog.DATA_ROOT_ENV, raising=False)
-    with pytest.raises(DataError, match=r"C2GR_DATA_ROOT.*c2gr prepare msd-liver"):
+    with pytest.raises(DataError, match=r"C2GR_DATA_ROOT.*c2gr prepare lits"):
         catalog.load_task(StreamEntry("catalog", "lits"), image_size=32, seed=0)
     with pytest.raises(DataError, match=r"c2gr prepare kits") as info:
         catalog.load_task("kits", image_size=32, seed=0, data_root=tmp_path)
     assert str(tmp_path / "kits") in str(info.value)
     monkeypatch.setenv(catalog.DATA_ROOT_ENV, str(tmp_path / "root"))
-    with pytest.raises(DataError, match=r"c2gr prepare fundus") as info:
+    with pytest.raises(DataError, match=r"c2gr prepare fundus-b") as info:
         catalog.load_task("fundus-b", image_size=32, seed=0)
     assert str(tmp_path / "root" / "fundus-b") in str(info.value)
