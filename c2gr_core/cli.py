@@ -1,4 +1,4 @@
-"""The `c2gr` command line: tasks, prepare (and run / report, see c2gr_core.stream)."""
+"""The `c2gr` command line: tasks, prepare, run, report."""
 from __future__ import annotations
 
 import argparse
@@ -28,8 +28,89 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from data_catalog.preparers import prepare
 
-    out = prepare(args.dataset, args.src, args.dst, seed=args.seed, overwrite=args.overwrite)
+    options = {}
+    for item in args.option or []:
+        if "=" not in item:
+            raise ValueError(f"--option expects KEY=VALUE (e.g. sequence=t1ce), got {item!r}")
+        k, v = item.split("=", 1)
+        options[k] = v
+    card = None
+    if args.card:
+        from data_catalog.schema import load_card
+
+        card = load_card(args.card)
+    out = prepare(args.dataset, args.src, args.dst, card=card, seed=args.seed, overwrite=args.overwrite, **options)
     print(f"prepared {args.dataset} -> {out}")
+    return 0
+
+
+def apply_overrides(cfg, items: list[str]):
+    """`--set section.key=value` overrides, typed like the default they replace."""
+    import dataclasses
+    import json as _json
+
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects section.key=value (e.g. train.epochs=5), got {item!r}")
+        key, raw = item.split("=", 1)
+        section, field = key.split(".", 1)
+        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
+            raise ValueError(f"--set {item!r}: unknown section {section!r}; sections: "
+                             f"{[f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]}")
+        sec = getattr(cfg, section)
+        names = [f.name for f in dataclasses.fields(sec)]
+        if field not in names:
+            raise ValueError(f"--set {item!r}: unknown key {field!r} in {section}; keys: {names}")
+        old = getattr(sec, field)
+        try:
+            value = _json.loads(raw)
+        except _json.JSONDecodeError:
+            value = raw
+        if isinstance(old, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(old, bool) and not isinstance(value, bool):
+            raise ValueError(f"--set {item!r}: {key} is a boolean (true/false)")
+        elif isinstance(old, float) and isinstance(value, int):
+            value = float(value)
+        elif old is not None and not isinstance(value, type(old)):
+            raise ValueError(f"--set {item!r}: {key} must be {type(old).__name__}, got {raw!r}")
+        setattr(sec, field, value)
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import preset
+    from .methods import available_methods
+    from .stream import run_stream
+
+    if args.method not in available_methods():
+        raise ValueError(f"unknown --method {args.method!r}; choose one of {available_methods()}")
+    cfg = preset(args.preset)
+    cfg.train.seed = args.seed
+    if args.device:
+        cfg.train.device = args.device
+    if args.bf16:
+        cfg.train.amp_bf16 = True
+    apply_overrides(cfg, args.set)
+    result = run_stream(args.stream, args.method, cfg, args.out, resume=args.resume, data_root=args.data_root,
+                        progress=not args.quiet)
+    from . import distributed
+
+    m = result.metrics
+    if m and distributed.is_main():
+        print(f"{args.method} on {args.stream}: Overall {100 * m['overall']:.2f}  BWT {100 * m['bwt']:.2f}  "
+              f"TL {100 * m['tl']:.2f}  -> {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = args.out or "report"
+    rows = write_report(args.runs, out)
+    for r in rows:
+        print(f"{r['method']:<14} Overall {r['overall']:6.2f}  BWT {r['bwt']:6.2f}  TL {r['tl']:6.2f}  ({r['run']})")
+    print(f"report written to {out}/ (summary.csv, summary.md, final_rows.csv, matrices.png, matrices.html)")
     return 0
 
 
@@ -46,7 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dst", help="output folder (must not exist unless --overwrite)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
     pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--card", default=None, help="card YAML to use instead of the catalog's (dataset ids only)")
+    pr.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="preparer option, e.g. sequence=t1ce, vendor=B, site=2 (repeatable)")
     pr.set_defaults(func=_cmd_prepare)
+
+    r = sub.add_parser("run", help="run a task stream with a continual method")
+    r.add_argument("--stream", required=True, help="stream name (see `c2gr tasks`) or a stream YAML file")
+    r.add_argument("--method", required=True, help="continual method, e.g. c2gr, finetune, joint")
+    r.add_argument("--preset", default="tiny", choices=["tiny", "cpu", "paper"])
+    r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
+    r.add_argument("--data-root", default=None, help="folder with prepared real tasks (else $C2GR_DATA_ROOT)")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    r.add_argument("--bf16", action="store_true", help="bf16 autocast for training")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="Table-1-style comparison of run directories")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", default=None, help="output folder (default ./report)")
+    rep.set_defaults(func=_cmd_report)
     return p
 
 
@@ -54,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # our errors name the file/parameter: show them plainly
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # our errors name the file/parameter: show them plainly
         print(f"c2gr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

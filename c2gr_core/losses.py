@@ -93,7 +93,7 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, n_classes: torch.Tensor
 
 
 def seg_loss(logits: torch.Tensor, masks: torch.Tensor, n_classes: torch.Tensor | int,
-             batch_dice: bool = True) -> torch.Tensor:
+             batch_dice: bool = True, groups: torch.Tensor | None = None) -> torch.Tensor:
     """L_seg = L_dice + L_ce (sec. 3.3) with each sample's excluded channels removed.
 
     Args:
@@ -101,9 +101,20 @@ def seg_loss(logits: torch.Tensor, masks: torch.Tensor, n_classes: torch.Tensor 
         masks: (B, H, W) integer label maps, 0 = background, 1..n_classes[b] the task's classes.
         n_classes: (B,) long (or an int for the whole batch), each sample's task class count.
         batch_dice: pool the Dice over the batch per class (default) or per sample (see module doc).
+        groups: (B,) task ids of a batch that mixes tasks (replay). The Dice is then pooled within
+            each task and averaged over tasks, as eq. 7 averages per-set losses; without it, class 1
+            of one task (optic disc) would be pooled with class 1 of another (left ventricle).
     Returns:
         scalar loss.
     """
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # under CPU bf16 autocast the Dice softmax would otherwise run in bf16
+    if groups is not None and batch_dice and len(torch.unique(groups)) > 1:
+        n = torch.as_tensor(n_classes, device=logits.device)
+        n = n.expand(logits.shape[0]) if n.ndim == 0 else n
+        parts = [dice_loss(logits[groups == g], masks[groups == g], n[groups == g], True)
+                 for g in torch.unique(groups)]
+        return torch.stack(parts).mean() + ce_loss(logits, masks, n_classes)
     return dice_loss(logits, masks, n_classes, batch_dice) + ce_loss(logits, masks, n_classes)
 
 

@@ -147,3 +147,18 @@ def test_bad_input_is_named():
         seg_loss(logits, masks[:, :4], n)
     with pytest.raises(ValueError, match="logits must have shape"):
         predict(logits[0], n)
+
+
+def test_groups_pool_the_dice_within_each_task_only():
+    """A mixed replay batch: Dice pooled per task then averaged equals the mean of per-task losses."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 6, 6)
+    masks = torch.randint(0, 3, (4, 6, 6))
+    n = torch.tensor([2, 2, 1, 1])
+    masks[2:] = masks[2:].clamp(max=1)
+    groups = torch.tensor([0, 0, 1, 1])
+    from c2gr_core.losses import ce_loss, dice_loss, seg_loss
+    want = (dice_loss(logits[:2], masks[:2], n[:2]) + dice_loss(logits[2:], masks[2:], n[2:])) / 2 \
+        + ce_loss(logits, masks, n)
+    assert torch.allclose(seg_loss(logits, masks, n, groups=groups), want)
+    assert not torch.allclose(seg_loss(logits, masks, n), want)

@@ -1,0 +1,97 @@
+"""Coupled optimisation of segmentor, denoiser and prompt graph (sec. 3.3, eq. 7-9).
+
+    L_ME = L_seg^{D_t}(f^{zeta_t}) + 1/(t-1) sum_i L_seg^{R_i}(f^{zeta_i})          (7)
+    L_MU = L_BJ^{D_t}(eps^{zeta_t}) + 1/(t-1) sum_i L_BJ^{R_i}(eps^{zeta_i})        (8)
+    L    = L_ME + L_MU                                                            (9)
+
+With RUPS one prompt module produces zeta for both networks, so the segmentation loss and the
+diffusion loss both reach the prompt graph. The "w/o RUPS" ablation gives each network its own
+plain projected text prompt: nothing is shared and the two optimisations are uncoupled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ExperimentConfig
+from .diffusion import MaskCodec, bjd_loss, njd_loss
+from .losses import seg_loss
+from .models.denoiser import Denoiser
+from .models.segmentor import PromptedUNet
+from .prompts import TaskEmbeddings
+from .rups import PlainPrompt, PromptGraph
+
+
+def prompt_pool(emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, dict]:
+    """The prompt pool of round t: every task seen so far, 0..t (sec. 3.2.1)."""
+    return emb.e[: t + 1], {s: c[: t + 1] for s, c in emb.components.items()}
+
+
+@dataclass
+class PairBatch:
+    images: torch.Tensor   # (B, 3, H, W)
+    masks: torch.Tensor    # (B, H, W) long
+    tasks: torch.Tensor    # (B,) long stream index of each pair's task
+
+
+class C2GRModel(nn.Module):
+    """Segmentor f_theta, denoiser eps_theta and the prompt module(s) of one C2GR learner."""
+
+    def __init__(self, cfg: ExperimentConfig, c_max: int, emb: TaskEmbeddings, coupled: bool | None = None,
+                 objective: str | None = None):
+        super().__init__()
+        P, n_tok = cfg.prompt.node_dim, cfg.prompt.n_tokens
+        self.rups = cfg.prompt.rups if coupled is None else coupled
+        self.objective = objective or cfg.diffusion.objective
+        if self.objective not in ("bjd", "njd"):
+            raise ValueError(f"diffusion.objective must be 'bjd' or 'njd', got {self.objective!r}")
+        self.segmentor = PromptedUNet(cfg.segmentor, in_channels=3, out_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
+        self.denoiser = Denoiser(cfg.denoiser, image_channels=3, mask_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
+        self.codec = MaskCodec(c_max + 1)
+        E = emb.e.shape[1]
+        if self.rups:
+            self.prompt = PromptGraph(E, {s: c.shape[1] for s, c in emb.components.items()}, P, cfg.prompt.q_dim)
+        else:
+            self.seg_prompt, self.gen_prompt = PlainPrompt(E, P), PlainPrompt(E, P)
+
+    def prompts(self, emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(zeta for the segmentor, zeta for the denoiser), each (t+1, P); the same tensor under RUPS."""
+        pool = prompt_pool(emb, t)
+        dev = next(self.parameters()).device
+        pool = (pool[0].to(dev), {s: c.to(dev) for s, c in pool[1].items()})
+        if self.rups:
+            z = self.prompt(pool)
+            return z, z
+        return self.seg_prompt(pool), self.gen_prompt(pool)
+
+    def diffusion_loss(self, x, y_labels, prompt, scheduler):
+        y0 = self.codec.encode(y_labels)
+        fn = bjd_loss if self.objective == "bjd" else njd_loss
+        return fn(self.denoiser, x, y0, prompt, scheduler).total
+
+
+def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,
+                 scheduler, n_classes: torch.Tensor, train_segmentor: bool = True,
+                 train_generator: bool = True) -> dict[str, torch.Tensor]:
+    """L = L_ME + L_MU (eq. 9) on one current-task batch and one replay batch.
+
+    The replay batch is stratified over past tasks (ReplayStore.sample), so its mean loss is an
+    unbiased estimate of the 1/(t-1) sum over replay sets in eq. 7-8.
+    """
+    dev = next(model.parameters()).device
+    z_seg, z_gen = model.prompts(emb, t)
+    n_classes = n_classes.to(dev)
+    out: dict[str, torch.Tensor] = {}
+    for name, b in (("cur", current), ("rep", replay)):
+        if b is None:
+            continue
+        x, y, k = b.images.to(dev), b.masks.to(dev), b.tasks.to(dev)
+        if train_segmentor:
+            out[f"seg_{name}"] = seg_loss(model.segmentor(x, z_seg[k]), y, n_classes[k], groups=k)
+        if train_generator:
+            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler)
+    me = sum(v for k, v in out.items() if k.startswith("seg_"))
+    mu = sum(v for k, v in out.items() if k.startswith("gen_"))
+    return {"loss": me + mu, "L_ME": torch.as_tensor(me), "L_MU": torch.as_tensor(mu), **out}

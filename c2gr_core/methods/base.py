@@ -1,0 +1,196 @@
+"""The method interface: a few named hooks the stream runner calls each round.
+
+    before_round(t, data) -> replay(t) -> fit(t, data, replay, callbacks) -> after_round(t, data)
+
+and, for evaluation, predict(images, task). State for checkpoints comes from `modules()` plus
+`extra_state()`. A method is one file in this package that subclasses Method and is decorated
+with @register("name").
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_catalog.schema import TaskCard
+
+from .. import distributed
+from ..access import TaskAccess
+from ..config import ExperimentConfig
+from ..coupled import prompt_pool
+from ..losses import predict as predict_labels
+from ..losses import seg_loss
+from ..models.segmentor import PromptedUNet
+from ..prompts import TaskEmbeddings
+from ..replay import ReplayStore
+from ..rups import PlainPrompt
+from ..trainer import Trainer
+
+
+@dataclass
+class StreamContext:
+    cfg: ExperimentConfig
+    cards: list[TaskCard]
+    emb: TaskEmbeddings        # frozen text embeddings of every stream task (index = stream position)
+    work_dir: Path             # scratch space of the run (replay shards)
+    device: torch.device = torch.device("cpu")
+    progress: bool = True      # show progress bars (replay sampling, training steps)
+
+    @property
+    def c_max(self) -> int:
+        return max(c.n_classes for c in self.cards)
+
+    @property
+    def n_classes(self) -> torch.Tensor:
+        return torch.tensor([c.n_classes for c in self.cards], dtype=torch.long)
+
+    def round_seed(self, t: int, salt: int = 0) -> int:
+        # Every round reseeds from (seed, t): a resumed run replays exactly the same draws.
+        return (self.cfg.train.seed * 1_000_003 + t * 7919 + salt) % (2**31 - 1)
+
+
+class Method:
+    name = "method"
+    privacy_preserving = True   # False: the method stores or reads real past data
+    reads_past_data = False     # True: TaskAccess lets it read every task seen so far (JointTrain)
+
+    def __init__(self, ctx: StreamContext):
+        self.ctx = ctx
+
+    # --- hooks ---------------------------------------------------------------------------
+    def before_round(self, t: int, data: TaskAccess) -> None:
+        pass
+
+    def replay(self, t: int) -> ReplayStore | None:
+        return None
+
+    def fit(self, t: int, data: TaskAccess, replay: ReplayStore | None, callbacks=()) -> dict:
+        raise NotImplementedError
+
+    def after_round(self, t: int, data: TaskAccess) -> None:
+        pass
+
+    # --- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, task: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- state ---------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()}, "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+    def n_learnable_params(self) -> int:
+        seen, n = set(), 0
+        for m in self.modules().values():
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+        return n
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, rank: int | None = None,
+                  world: int | None = None):
+    """Shuffled index batches of one epoch; with DDP each rank takes its own shard.
+
+    rank/world default to this process's place in the torchrun group (0 and 1 without one). `rng`
+    must be the same on every rank: all ranks draw one permutation and split it (`distributed.shard`),
+    so the shards are disjoint and every rank yields `steps_per_epoch(n, batch_size)` batches.
+    """
+    per_rank = distributed.shard(rng.permutation(n), rank, world)
+    for s in range(0, len(per_rank), batch_size):
+        yield per_rank[s:s + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int | None = None) -> int:
+    world = distributed.world_size() if world is None else world
+    return math.ceil(math.ceil(n / world) / batch_size)
+
+
+class SegmentorMethod(Method):
+    """A universal prompted segmentor with plain (projected) text prompts, trained on the
+    current task. FineTune is exactly this; regularisation and replay baselines extend it."""
+
+    name = "segmentor"
+
+    def __init__(self, ctx: StreamContext):
+        super().__init__(ctx)
+        cfg = ctx.cfg
+        self.seg_prompt = PlainPrompt(ctx.emb.e.shape[1], cfg.prompt.node_dim).to(ctx.device)
+        self.segmentor = PromptedUNet(cfg.segmentor, in_channels=3, out_channels=ctx.c_max + 1,
+                                      prompt_dim=cfg.prompt.node_dim, n_tokens=cfg.prompt.n_tokens).to(ctx.device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"segmentor": self.segmentor, "seg_prompt": self.seg_prompt}
+
+    def seg_prompts(self, t: int) -> torch.Tensor:
+        """(t+1, P) prompts of the tasks seen so far."""
+        return self.seg_prompt(prompt_pool(self.ctx.emb, t))
+
+    def seg_loss_on(self, images, masks, tasks, prompts) -> torch.Tensor:
+        d = self.ctx.device
+        logits = self.segmentor(images.to(d), prompts[tasks.to(d)])
+        return seg_loss(logits, masks.to(d), self.ctx.n_classes.to(d)[tasks.to(d)], groups=tasks.to(d))
+
+    def extra_loss(self, t: int, images, masks, prompts) -> dict[str, torch.Tensor]:
+        """Hook for regularisers (EWC, distillation): extra named loss terms on the current batch."""
+        return {}
+
+    def n_train_pairs(self, data: TaskAccess, t: int) -> int:
+        return len(data.train(t))
+
+    def current_batches(self, data: TaskAccess, t: int, rng: np.random.Generator, task_ids=None):
+        """Yields (images, masks, tasks) of the readable training data, one epoch."""
+        split = data.train(t)
+        for idx in epoch_batches(len(split), self.ctx.cfg.train.batch_size, rng):
+            yield (torch.from_numpy(np.asarray(split.images[idx])), torch.from_numpy(np.asarray(split.masks[idx])).long(),
+                   torch.full((len(idx),), t, dtype=torch.long))
+
+    def trainer(self, params, callbacks=()) -> Trainer:
+        tc = self.ctx.cfg.train
+        return Trainer(params, lr=tc.seg_lr or tc.lr, amp_bf16=tc.amp_bf16, device=str(self.ctx.device),
+                       callbacks=list(callbacks))
+
+    def fit(self, t: int, data: TaskAccess, replay: ReplayStore | None, callbacks=()) -> dict:
+        tc = self.ctx.cfg.train
+        rng = np.random.default_rng(self.ctx.round_seed(t, salt=1))
+        n = self.n_train_pairs(data, t)
+        self.segmentor.train()
+
+        def step(batch):
+            x, y, tasks = batch
+            prompts = self.seg_prompts(t)
+            losses = {"seg": self.seg_loss_on(x, y, tasks, prompts)}
+            losses.update(self.extra_loss(t, x, y, prompts))
+            return {"loss": sum(losses.values()), **losses}
+
+        params = [p for m in self.modules().values() for p in m.parameters()]
+        return self.trainer(params, callbacks).fit(step, lambda e: self.current_batches(data, t, rng),
+                                                   tc.epochs, steps_per_epoch(n, tc.batch_size))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, task: int) -> torch.Tensor:
+        self.segmentor.eval()
+        d = self.ctx.device
+        prompts = self.seg_prompts(len(self.ctx.cards) - 1)
+        tasks = torch.full((len(images),), task, dtype=torch.long, device=d)
+        logits = self.segmentor(images.to(d), prompts[tasks])
+        return predict_labels(logits, self.ctx.n_classes.to(d)[tasks]).cpu()

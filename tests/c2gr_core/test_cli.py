@@ -1,0 +1,64 @@
+"""The `c2gr` command line: every subcommand on tiny inputs, and its error messages."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from c2gr_core.cli import main
+
+
+def test_tasks_lists_catalog_and_streams(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "fundus-a" in out and "promise12" in out and "synthetic-paper-20" in out and "20 tasks" in out
+
+
+def test_run_then_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["run", "--stream", "synthetic-downstream-5", "--method", "finetune", "--out", str(run), "--quiet",
+            "--set", "prompt.encoder=hash", "--set", "data.n_train=8", "--set", "data.n_test=4",
+            "--set", "data.n_val=2", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    assert main(args) == 0
+    assert "Overall" in capsys.readouterr().out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["prompt"]["encoder"] == "hash" and cfg["data"]["n_train"] == 8
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    for f in ("summary.csv", "summary.md", "final_rows.csv", "matrices.png", "matrices.html"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0
+    assert "finetune" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--stream", "nope", "--method", "finetune", "--out", "x"], "named streams"),
+    (["run", "--stream", "synthetic-paper-20", "--method", "nope", "--out", "x"], "choose one of"),
+    (["run", "--stream", "synthetic-paper-20", "--method", "c2gr", "--out", "x", "--set", "train.epoch=2"],
+     "keys: \\['epochs'"),
+    (["run", "--stream", "synthetic-paper-20", "--method", "c2gr", "--out", "x", "--set", "train.epochs=abc"],
+     "must be int"),
+    (["report", "does-not-exist"], "not a run directory"),
+])
+def test_bad_parameters_get_clear_errors(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_prepare_a_2d_dataset(tmp_path, capsys):
+    # BUSI layout: <class>/<name> (n).png with <name> (n)_mask.png beside it.
+    rng = np.random.default_rng(0)
+    for cls in ("benign", "malignant"):
+        d = tmp_path / "src" / "Dataset_BUSI_with_GT" / cls
+        d.mkdir(parents=True)
+        for i in range(1, 5):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(d / f"{cls} ({i}).png")
+            m = np.zeros((40, 40), np.uint8)
+            m[10:20, 10:20] = 255
+            Image.fromarray(m).save(d / f"{cls} ({i})_mask.png")
+    assert main(["prepare", "busi", str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
+    assert (tmp_path / "dst" / "index.json").exists()
+    assert main(["prepare", "busi", str(tmp_path / "src"), str(tmp_path / "dst")]) == 2
+    assert "exists" in capsys.readouterr().err
