@@ -1,0 +1,35 @@
+"""Two tiny finished runs (c2gr and joint, 2 tasks) shared by the quality, runs and downstream tests.
+
+Made once per test process (a few seconds) in a temporary folder removed at exit, so the three
+test modules do not each pay for the same runs. Import with sys.path (--import-mode=importlib).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+from c2gr_core.config import preset
+from c2gr_core.stream import run_stream
+
+# mms-a brings C_max = 3, so every downstream task (GOALS has 3 classes) fits the segmentor.
+STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]
+
+
+def small_cfg():
+    cfg = preset("tiny")
+    cfg.prompt.encoder = "hash"
+    cfg.data.n_train, cfg.data.n_val, cfg.data.n_test = 16, 4, 8
+    cfg.train.epochs, cfg.train.batch_size = 1, 8
+    cfg.diffusion.sample_steps = 2
+    cfg.train.replay_per_task = 8
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_runs() -> dict[str, Path]:
+    root = Path(tempfile.mkdtemp(prefix="c2gr-tiny-runs-"))
+    atexit.register(shutil.rmtree, root, True)
+    return {m: run_stream(STREAM, m, small_cfg(), root / m, progress=False).out_dir for m in ("c2gr", "joint")}
