@@ -12,7 +12,13 @@ export MPLBACKEND := Agg
 # 2-core machines: one BLAS thread per core, no oversubscription between torch and numpy.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: env test stream lab clean-env
+.PHONY: env test stream notebook lab clean-env
+
+# `make stream` runs the full-stream notebook (tiny preset, synthetic 20-task stream) through
+# papermill into runs/<date>_05_full_stream_<TAG>/. Override e.g. `make stream TAG=six PARAMS="-p n_tasks 6"`.
+TAG ?= stream
+PARAMS ?=
+NB ?= notebooks/05_full_stream.ipynb
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +29,12 @@ env: $(STAMP)
 
 test: env
 	$(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbval-lax --nbval-current-env
+
+stream: env
+	$(BIN)/python -m c2gr_core.batch notebooks/05_full_stream.ipynb --tag $(TAG) $(PARAMS)
+
+notebook: env
+	$(BIN)/python -m c2gr_core.batch $(NB) --tag $(TAG) $(PARAMS)
 
 lab: env
 	$(BIN)/jupyter lab notebooks

@@ -7,31 +7,22 @@ run), matrices.html (the same, interactive, plotly) and summary.md (a markdown t
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 
-def read_matrix(run_dir: str | Path) -> tuple[list[str], np.ndarray]:
-    path = Path(run_dir) / "matrix.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a run directory (no matrix.csv); run `c2gr run` first")
-    with path.open() as f:
-        rows = list(csv.reader(f))
-    tasks = rows[0][1:]
-    D = np.array([[float(v) if v else np.nan for v in r[1:]] for r in rows[1:]], dtype=np.float64)
-    return tasks, D
-
-
 def summarize_runs(run_dirs) -> list[dict]:
+    from .runs import read_run
+
     out = []
     for d in map(Path, run_dirs):
-        tasks, D = read_matrix(d)
-        m = json.loads((d / "metrics.json").read_text())
-        cfg = json.loads((d / "config.json").read_text())
-        out.append({"run": str(d), "method": m["method"], "preset": cfg["preset"], "seed": cfg["train"]["seed"],
+        if not (d / "matrix.csv").exists():
+            raise FileNotFoundError(f"{d / 'matrix.csv'}: not a run directory (no matrix.csv); run `c2gr run` first")
+        run = read_run(d)
+        tasks, D, m, cfg = run["tasks"], run["matrix"], run["metrics"], run["config"]
+        out.append({"run": str(d), "method": m["method"], "preset": cfg.preset, "seed": cfg.train.seed,
                     "rounds": f"{m['completed_rounds']}/{len(tasks)}", "overall": 100 * m["overall"],
                     "bwt": 100 * m["bwt"], "tl": 100 * m["tl"], "privacy_preserving": m["privacy_preserving"],
                     "learnable_params": m["learnable_params"], "tasks": tasks, "matrix": D})

@@ -174,7 +174,9 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     timings: list = []
     if start > 0:
         m.load_state_dict(torch.load(out / "checkpoints" / f"round_{start - 1:02d}.pt", weights_only=True))
-        D = np.genfromtxt(out / "matrix.csv", delimiter=",", skip_header=1, usecols=range(1, T + 1)).reshape(T, T)
+        from .runs import read_matrix  # runs imports this module; import at use
+
+        D = read_matrix(out / "matrix.csv", names)
         per_class = json.loads((out / "per_class.json").read_text())
         timings = json.loads((out / "timings.json").read_text())
 
