@@ -14,9 +14,11 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: env test stream notebook lab clean-env
 
-# `make stream` runs the full-stream notebook (tiny preset, synthetic 20-task stream) through
-# papermill into runs/<date>_05_full_stream_<TAG>/. Override e.g. `make stream TAG=six PARAMS="-p n_tasks 6"`.
-TAG ?= stream
+# `make stream` runs the full-stream notebook on the synthetic 20-task stream at the tiny preset
+# (FineTune, JointTrain, C2GR) through papermill into runs/<date>_05_full_stream_<TAG>/.
+# Override e.g. `make stream PARAMS='-p n_tasks 6 -p methods "[finetune, c2gr]"'`.
+TAG ?= $(shell date +%H%M%S)
+STREAM_PARAMS ?= -p stream synthetic-paper-20 -p config_overrides "{}" -p ablation "[]" -p progress true
 PARAMS ?=
 NB ?= notebooks/05_full_stream.ipynb
 
@@ -31,7 +33,7 @@ test: env
 	$(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbval-lax --nbval-current-env
 
 stream: env
-	$(BIN)/python -m c2gr_core.batch notebooks/05_full_stream.ipynb --tag $(TAG) $(PARAMS)
+	$(BIN)/python -m c2gr_core.batch notebooks/05_full_stream.ipynb --tag stream-$(TAG) $(STREAM_PARAMS) $(PARAMS)
 
 notebook: env
 	$(BIN)/python -m c2gr_core.batch $(NB) --tag $(TAG) $(PARAMS)

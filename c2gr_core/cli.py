@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", help="run directories")
     rep.add_argument("--out", default=None, help="output folder (default ./report)")
     rep.set_defaults(func=_cmd_report)
+
+    from .batch import add_arguments, run_from_args
+
+    nb = sub.add_parser("notebook", help="run a notebook with papermill into runs/<date>_<name>_<tag>/")
+    add_arguments(nb)
+    nb.set_defaults(func=run_from_args)
     return p
 
 

@@ -83,3 +83,234 @@ def contact_sheet(tasks: Iterable, n_per_task: int = 1, ax_size: float = 2.0, al
         fig.delaxes(ax)
     return fig
 
+
+
+# ------------------------------------------------------------------------ notebook output
+def mask_rgb(mask: np.ndarray) -> np.ndarray:
+    """An (H, W) label map as class colours on black: (H, W, 3) uint8 (background stays black)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_rgb: expected an (H, W) label map, got shape {mask.shape}")
+    return overlay(np.full(mask.shape, -1.0, np.float32), mask, alpha=1.0)
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _is_plotly(fig) -> bool:
+    return type(fig).__module__.startswith("plotly")
+
+
+def _target(out_dir, name: str, suffix: str):
+    from pathlib import Path
+
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"save_figure: name must be a plain file stem, got {name!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{name}{suffix}"
+
+
+def save_figure(fig, out_dir, name: str, png: bytes | None = None) -> list:
+    """Write a figure into `out_dir`: a matplotlib Figure as NAME.png (`png`: already rendered
+    bytes), a plotly figure as NAME.html (self-contained; a plotly PNG would need kaleido, which
+    the workbench does not install)."""
+    if _is_plotly(fig):
+        path = _target(out_dir, name, ".html")
+        fig.write_html(path, include_plotlyjs=True, full_html=True)
+    elif isinstance(fig, Figure):
+        path = _target(out_dir, name, ".png")
+        path.write_bytes(png if png is not None else figure_png(fig))
+    else:
+        raise TypeError(f"save_figure: expected a matplotlib Figure or a plotly figure, got {type(fig).__name__}")
+    return [path]
+
+
+def show(fig, out_dir=None, name: str | None = None):
+    """Display a figure in a notebook and, with `out_dir`, save it there (`save_figure`).
+
+    Matplotlib figures are shown as PNG whatever the backend (batch runs use Agg, where a bare
+    Figure would display as text); plotly figures display natively (interactive)."""
+    from IPython.display import Image, display
+
+    png = None if _is_plotly(fig) else figure_png(fig)   # rendered once, for the file and the notebook
+    if out_dir is not None:
+        save_figure(fig, out_dir, name or "figure", png=png)
+    display(fig if png is None else Image(data=png))
+    return fig
+
+
+# ---------------------------------------------------------------------------- galleries
+GAP_PX = 2   # white columns between neighbouring pairs of a gallery panel
+
+
+def pairs_gallery(grid: dict, n: int = 4, ax_size: float = 1.4) -> Figure:
+    """Image–mask pairs on a grid: grid[row][column] = (images (N, 3, H, W), masks (N, H, W)).
+
+    Each panel shows the first `n` pairs of its cell side by side (GAP_PX white columns apart),
+    every image above its mask (class colours on black), so a reader can judge whether the mask
+    matches the image.
+    Columns are titled on the first row, rows are labelled on the left.
+    """
+    rows = list(grid)
+    if not rows:
+        raise ValueError("pairs_gallery: empty grid")
+    if n < 1:
+        raise ValueError(f"pairs_gallery: n must be >= 1, got {n}")
+    cols = list(dict.fromkeys(c for r in rows for c in grid[r]))
+    fig = Figure(figsize=(len(cols) * n * ax_size, len(rows) * 2 * ax_size + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for i, r in enumerate(rows):
+        for k, c in enumerate(cols):
+            ax = axes[i, k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(str(c), fontsize=9)
+            if k == 0:
+                ax.set_ylabel(str(r), fontsize=8)
+            if c not in grid[r]:
+                ax.set_frame_on(False)
+                continue
+            images, masks = grid[r][c]
+            if len(images) != len(masks) or len(images) == 0:
+                raise ValueError(f"pairs_gallery: cell ({r}, {c}) needs as many images as masks (>= 1), "
+                                 f"got {len(images)} and {len(masks)}")
+            m = min(n, len(images))
+            panels = [np.concatenate([overlay(images[s], np.zeros_like(masks[s]), 0.0), mask_rgb(masks[s])], axis=0)
+                      for s in range(m)]
+            gap = np.full((panels[0].shape[0], GAP_PX, 3), 255, np.uint8)   # white line between pairs
+            strip = [p for s, panel in enumerate(panels) for p in ((gap, panel) if s else (panel,))]
+            ax.imshow(np.concatenate(strip, axis=1), interpolation="nearest")
+    return fig
+
+
+# ------------------------------------------------------------------------ result plots
+def grouped_bars(values: dict, ylabel: str = "", title: str = "", ylim=None, ax_size=(7.0, 3.2)) -> Figure:
+    """Grouped bars: values[series][category] -> height; one colour per series, one group per
+    category (missing or NaN values leave a gap). Bar i of series s is `fig.axes[0].containers[s][i]`."""
+    series = list(values)
+    if not series:
+        raise ValueError("grouped_bars: no series given")
+    cats = list(dict.fromkeys(c for s in series for c in values[s]))
+    fig = Figure(figsize=(max(ax_size[0], 0.5 * len(cats) * len(series) + 2), ax_size[1]), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    x = np.arange(len(cats))
+    for k, s in enumerate(series):
+        h = [float(values[s].get(c, np.nan)) for c in cats]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, h, width, label=str(s))
+    ax.set_xticks(x, [str(c) for c in cats], rotation=30 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center",
+                  fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7, ncols=min(len(series), 4))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def metrics_bar(rows: list[dict]) -> Figure:
+    """Overall / BWT / TL (%) per method as grouped bars; rows as `report.summarize_runs` gives them."""
+    return grouped_bars({r["method"]: {"Overall": r["overall"], "BWT": r["bwt"], "TL": r["tl"]} for r in rows},
+                        ylabel="%", title="Overall, BWT and TL (eq. 10)", ylim=(0, 100))
+
+
+def forgetting_plot(curves: dict, ax_size: float = 3.2) -> Figure:
+    """Per-round forgetting curves, one panel per method: curves[method] = (tasks, D) with D the
+    T x T DSC matrix; the line of task j is D[i, j] (%) over rounds i >= j (metrics.forgetting_curves)."""
+    from .metrics import forgetting_curves
+
+    if not curves:
+        raise ValueError("forgetting_plot: no runs given")
+    n = len(curves)
+    fig = Figure(figsize=(ax_size * n + 1.2, ax_size), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    for ax, (method, (tasks, D)) in zip(axes, curves.items()):
+        F = forgetting_curves(D)
+        rounds = np.arange(len(tasks))
+        for j, name in enumerate(tasks):
+            ax.plot(rounds[j:], 100 * F[j:, j], marker="o", ms=3, label=name)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("after round i")
+        ax.set_xticks(rounds)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("DSC on task j (%)")
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+def params_vs_overall(points: list[dict]) -> Figure:
+    """Fig. 9: learnable parameters (log x) against Overall DSC (%); points are dicts with
+    method, params, overall (%) and optionally privacy_preserving (False draws a hollow marker)."""
+    if not points:
+        raise ValueError("params_vs_overall: no points given")
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for k, p in enumerate(points):
+        colour = f"C{k % 10}"
+        private = p.get("privacy_preserving", True)
+        ax.scatter([p["params"]], [p["overall"]], s=45, label=p["method"], linewidths=1.5,
+                   facecolors=colour if private else "none", edgecolors=colour)
+        ax.annotate(p["method"], (p["params"], p["overall"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("learnable parameters")
+    ax.set_ylabel("Overall DSC (%)")
+    ax.set_title("Cost vs. performance (Fig. 9)", fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def embedding_scatter(panels: dict, ax_size: float = 3.4) -> Figure:
+    """2-D embeddings side by side (t-SNE of Fig. 8): panels[title] = (xy (N, 2), labels (N,)),
+    one colour per label, the same label -> colour map in every panel."""
+    if not panels:
+        raise ValueError("embedding_scatter: no panels given")
+    labels = list(dict.fromkeys(l for _, (_, lab) in panels.items() for l in lab))
+    colour = {l: f"C{i % 10}" for i, l in enumerate(labels)}
+    fig = Figure(figsize=(ax_size * len(panels) + 1.5, ax_size), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, (xy, lab)) in zip(axes, panels.items()):
+        xy, lab = np.asarray(xy), np.asarray(lab)
+        if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(lab):
+            raise ValueError(f"embedding_scatter: panel {title!r} needs (N, 2) points and N labels, "
+                             f"got {xy.shape} and {lab.shape}")
+        for l in labels:
+            sel = lab == l
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=12, color=colour[l], label=l)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+def similarity_heatmap(matrices: dict, names: list[str], title: str = "Cosine similarity of task prompts",
+                       zmin: float = -1.0, zmax: float = 1.0):
+    """Interactive (plotly) heatmaps side by side: matrices[panel title] = (T, T) array over the
+    tasks `names` (Fig. 7). Trace k's z is matrices' k-th array."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not matrices:
+        raise ValueError("similarity_heatmap: no matrices given")
+    T = len(names)
+    for k, m in matrices.items():
+        if np.shape(m) != (T, T):
+            raise ValueError(f"similarity_heatmap: {k!r} is {np.shape(m)}, expected ({T}, {T}) for tasks {names}")
+    fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.12)
+    for i, (k, m) in enumerate(matrices.items(), start=1):
+        fig.add_trace(go.Heatmap(z=np.asarray(m, dtype=float), x=names, y=names, zmin=zmin, zmax=zmax,
+                                 colorscale="RdBu_r", showscale=i == len(matrices), name=k,
+                                 hovertemplate="%{y} vs %{x}<br>cos %{z:.3f}<extra></extra>"), row=1, col=i)
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_layout(title=title, height=300 + 18 * T, width=max(520, (320 + 18 * T) * len(matrices)))
+    return fig

@@ -1,0 +1,119 @@
+"""What every notebook does before its story starts: a config from its parameters, an output
+folder, and the stream runs it needs (made on the spot when the user gave none).
+
+Kept here so the notebooks stay thin (DESIGN.md, "Notebooks") and so a batch run
+(`c2gr_core.batch`) and an interactive session build runs the same way.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .config import ExperimentConfig, preset
+
+
+def configure(preset_name: str = "tiny", overrides: Mapping | None = None) -> ExperimentConfig:
+    """The preset with `overrides` applied: {"section.key": value}, e.g. {"train.epochs": 1}.
+
+    Values are typed like the defaults they replace (the rules of `c2gr run --set`); an unknown
+    section or key is a ValueError listing the valid ones.
+    """
+    from .cli import apply_overrides
+
+    cfg = preset(preset_name)
+    items = []
+    for key, value in (overrides or {}).items():
+        items.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return apply_overrides(cfg, items)
+
+
+def output_dir(out_dir: str | os.PathLike | None, prefix: str = "c2gr-notebook-") -> Path:
+    """`out_dir` created if needed; None gives a fresh temporary folder (interactive and nbval
+    runs), so a notebook never writes into the source tree unless told where to. The temporary
+    folder and the runs made in it are removed when the kernel exits; give an out_dir to keep them."""
+    if out_dir is None or str(out_dir) == "":
+        tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, tmp, True)
+        return tmp
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def ensure_runs(stream, methods: Sequence[str], cfg: ExperimentConfig, root: str | os.PathLike,
+                existing: Mapping[str, str | os.PathLike] | None = None, progress: bool = False,
+                data_root: str | None = None, keep_checkpoints: str = "last") -> dict[str, Path]:
+    """{method: run directory} for every method in `methods` (duplicates once, order kept).
+
+    A method found in `existing` uses that run directory, which must hold a finished run.
+    Every other method runs `stream` into root/<method>; a finished run already there with the
+    same config and stream is reused, an interrupted one resumed, and one with a different
+    config is an error naming its config.json (choose another root). Runs made here keep only
+    their last checkpoint unless keep_checkpoints="all" (the notebooks load final models only).
+    """
+    from .methods import get_method
+    from .runs import read_run
+    from .stream import run_stream
+
+    for m in methods:   # every name checked before the first run starts
+        get_method(m)
+    existing = dict(existing or {})
+    root = Path(root)
+    out: dict[str, Path] = {}
+    for m in dict.fromkeys(methods):
+        if existing.get(m):
+            run = Path(existing[m])
+            info = read_run(run)
+            if info["method"] != m:
+                raise ValueError(f"{run}: run_dirs[{m!r}] holds a run of method {info['method']!r}")
+            if info["completed_rounds"] < len(info["tasks"]):
+                raise ValueError(f"{run}: run_dirs[{m!r}] is unfinished ({info['completed_rounds']}/"
+                                 f"{len(info['tasks'])} rounds); resume it with `c2gr run ... --resume`")
+            out[m] = run
+        else:
+            out[m] = run_stream(stream, m, cfg, root / m, resume=True, progress=progress, data_root=data_root,
+                                keep_checkpoints=keep_checkpoints).out_dir
+    return out
+
+
+def _cell(v, digits: int) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.{digits}f}"   # NaN (a task not yet seen) stays empty
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | os.PathLike | None = None,
+               name: str | None = None, digits: int = 2, title: str | None = None):
+    """Display rows as an HTML table in the notebook and, with `out_dir`, write NAME.csv there.
+
+    Floats are shown with `digits` decimals (the CSV keeps full precision). Returns the HTML object.
+    """
+    import csv
+    import html
+
+    from IPython.display import HTML, display
+
+    header = list(header)
+    bad = [i for i, r in enumerate(rows) if len(r) != len(header)]
+    if bad:
+        raise ValueError(f"show_table: row(s) {bad} do not have the {len(header)} columns {header}")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / f"{name or 'table'}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows([["" if v is None else v for v in r] for r in rows])
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in r) + "</tr>" for r in rows)
+    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
+    obj = HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    display(obj)
+    return obj
