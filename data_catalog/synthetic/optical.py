@@ -154,7 +154,7 @@ def histology_glands(d: Draws, variant=None):
 def endoscopy_polyp(d: Draws, variant=None):
     """Colonoscopy frame (Kvasir / CVC style): label 1 = polyp."""
     X, Y = grid_xy(d.size)
-    n, size = d.n, d.size
+    size = d.size
     tone = rgb(0.82, 0.42, 0.36) * np.stack([d.uniform(0.9, 1.1), d.uniform(0.8, 1.15),
                                               d.uniform(0.8, 1.15)], 1)
     tex = fractal_field(d, (4, 8, 16))

@@ -1,7 +1,5 @@
 """The `c2gr` command line: every subcommand on tiny inputs, and its error messages."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,8 +1,6 @@
 """Downstream adaptation (sec. 4.4.4, Table 2) of a tiny run's final model vs. Scratch."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from c2gr_core.runs import load_method, method_context
 from c2gr_core.text_encoders import HashEncoder
 from data_catalog.catalog import get_card
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from tiny_runs import small_cfg, tiny_runs
 
 DOWN = ["synthetic:drive", "synthetic:goals"]   # GOALS has 3 classes = the run's C_max

@@ -1,8 +1,6 @@
 """Inspection helpers: generated pairs, their quality, stored replay, prompt similarity, t-SNE."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from c2gr_core.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
 from c2gr_core.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from tiny_runs import STREAM, small_cfg, tiny_runs
 
 

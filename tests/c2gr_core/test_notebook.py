@@ -11,7 +11,6 @@ import pytest
 
 from c2gr_core import notebook
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from tiny_runs import small_cfg
 
 

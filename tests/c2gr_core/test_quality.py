@@ -2,8 +2,6 @@
 loading, the replay table of a real tiny run, learnable-parameter counts."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from c2gr_core.rups import PlainPrompt
 from c2gr_core.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from tiny_runs import STREAM, small_cfg, tiny_runs
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from c2gr_core.losses import task_dsc
 from c2gr_core.runs import load_method, load_run_task, read_matrix, read_run
 from c2gr_core.stream import evaluate
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from tiny_runs import STREAM, small_cfg, tiny_runs
 
 

@@ -3,25 +3,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from c2gr_core.access import DataIsolationError
-from c2gr_core.config import preset
 from c2gr_core.methods import register
 from c2gr_core.methods.finetune import FineTune
 from c2gr_core.stream import run_stream
+from tiny_runs import small_cfg
 
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a", "synthetic:busi"]
 
 
-def small_cfg():
-    cfg = preset("tiny")
-    cfg.prompt.encoder = "hash"
-    cfg.data.n_train, cfg.data.n_val, cfg.data.n_test = 16, 4, 8
-    cfg.train.epochs, cfg.train.batch_size = 1, 8
-    cfg.diffusion.sample_steps = 2
-    cfg.train.replay_per_task = 8
-    return cfg
 
 
 def test_run_directory_holds_every_artifact(tmp_path):

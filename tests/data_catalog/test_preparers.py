@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +15,6 @@ from data_catalog.preparers.metaimage import read_mhd
 from data_catalog.schema import CardError, DataError, card_from_dict, load_card
 from data_catalog.taskdata import SPLITS
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: the helper module is not on sys.path
 from preparer_fixtures import BASE_PROBES, CORE_PROBES, CT_FG, FIXTURES, S, Expect, probes, save_nifti, write_mhd
 
 CARDS = Path(__file__).resolve().parents[2] / "data_catalog" / "cards"

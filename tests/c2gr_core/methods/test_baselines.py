@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from c2gr_core.config import preset
 from c2gr_core.methods import available_methods
 from c2gr_core.methods.distill import kd_loss, local_pod
 from c2gr_core.methods.ewc import diagonal_fisher, ewc_penalty
 from c2gr_core.methods.replay_buffer import ReplayBuffer
 from c2gr_core.stream import run_stream
+from tiny_runs import small_cfg
 from data_catalog.catalog import load_task
 
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a", "synthetic:busi"]
@@ -24,14 +24,6 @@ METHODS = ["finetune", "joint", "individual", "ewc", "distill", "replay-buffer",
 NOT_PRIVATE = {"joint", "replay-buffer"}
 
 
-def small_cfg():
-    cfg = preset("tiny")
-    cfg.prompt.encoder = "hash"
-    cfg.data.n_train, cfg.data.n_val, cfg.data.n_test = 16, 4, 8
-    cfg.train.epochs, cfg.train.batch_size = 1, 8
-    cfg.diffusion.sample_steps = 2
-    cfg.train.replay_per_task = 8
-    return cfg
 
 
 @pytest.fixture(scope="module")
