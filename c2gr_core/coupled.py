@@ -56,6 +56,13 @@ class C2GRModel(nn.Module):
         else:
             self.seg_prompt, self.gen_prompt = PlainPrompt(E, P), PlainPrompt(E, P)
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Learnable parameters of each part (sec. 4.4.5 / Fig. 9)."""
+        count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+        prompt = count(self.prompt) if self.rups else count(self.seg_prompt) + count(self.gen_prompt)
+        return {"segmentor": count(self.segmentor), "denoiser": count(self.denoiser), "prompt": prompt,
+                "total": count(self)}
+
     def prompts(self, emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(zeta for the segmentor, zeta for the denoiser), each (t+1, P); the same tensor under RUPS."""
         pool = prompt_pool(emb, t)
