@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a task stream with a continual method")
     r.add_argument("--stream", required=True, help="stream name (see `c2gr tasks`) or a stream YAML file")
     r.add_argument("--method", required=True, help="continual method, e.g. c2gr, finetune, joint")
-    r.add_argument("--preset", default="tiny", choices=["tiny", "cpu", "paper"])
+    r.add_argument("--preset", default="tiny", choices=["tiny", "bench", "cpu", "paper"])
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")

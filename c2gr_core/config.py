@@ -161,7 +161,22 @@ def _paper() -> ExperimentConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "cpu": _cpu, "paper": _paper}
+def _bench() -> ExperimentConfig:
+    # benchmarks/method_table.py: the whole 11-method table on a 9-task synthetic sub-stream within
+    # about an hour on the shared 2-core CPU (measured: one coupled C2GR step, batch 16 current + 16
+    # replay, ~1.6 s with 1 thread under load; bf16 autocast measured no faster at this size, so fp32).
+    # Tiny networks, 24 steps per round; lr 3e-3 because with so few steps 1e-4 learns nothing.
+    return ExperimentConfig(
+        preset="bench",
+        data=DataConfig(image_size=32, n_train=48, n_val=8, n_test=32),
+        denoiser=DenoiserConfig(channels=(8, 16, 16), attention_levels=(False, False, True),
+                                num_head_channels=8, norm_groups=4, cross_attention_dim=32),
+        diffusion=DiffusionConfig(sampler="ddim", sample_steps=10),
+        train=TrainConfig(epochs=8, batch_size=16, lr=3e-3, replay_per_task=32),
+    )
+
+
+PRESETS = {"tiny": _tiny, "cpu": _cpu, "paper": _paper, "bench": _bench}
 
 
 def preset(name: str, **overrides: Any) -> ExperimentConfig:

@@ -1,0 +1,28 @@
+"""Shared helpers of the benchmark scripts: atomic JSON output and the method-table run layout."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+TABLE_RUNS = RESULTS / "method_table" / "runs"
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def finished_run(runs: str | os.PathLike, method: str, seed: int = 0) -> Path:
+    """The method-table run of `method`; a clear error when it is missing or unfinished."""
+    d = Path(runs) / f"{method}-s{seed}"
+    m = d / "metrics.json"
+    if not m.is_file() or not json.loads(m.read_text()).get("complete", False):
+        raise SystemExit(f"{d}: no finished {method!r} run; run `python benchmarks/method_table.py "
+                         f"--methods {method}` first (or pass --runs)")
+    return d

@@ -1,0 +1,106 @@
+"""Replay cost (sec. 4.4.5 / issue 6): wall time per generated pair and correspondence DSC of the
+paper's sampler (DDPM, 200 reverse steps over K = 1000) vs DDIM at 50/25/10 steps, all from the
+same trained C2GR checkpoint (the method table's final c2gr round), judged by its JointTrain run.
+
+    python benchmarks/replay_cost.py                       # after benchmarks/method_table.py
+    python benchmarks/replay_cost.py --pairs 16 --tasks fundus-a mms-a
+
+For each task the four samplers start from the same seed; time is the wall time of the whole
+sampling call divided by the pairs (one process, one after the other, so the ratios are fair even
+when other jobs share the machine). The answer is the fewest DDIM steps whose mean correspondence
+DSC is within one point (1 % DSC) of DDPM-200's.
+Writes benchmarks/results/replay_cost.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, TABLE_RUNS, finished_run, write_json  # noqa: E402
+from c2gr_core.diffusion import sample_pairs  # noqa: E402
+from c2gr_core.quality import correspondence_dsc  # noqa: E402
+from c2gr_core.runs import load_method  # noqa: E402
+
+SAMPLERS = [("ddpm", 200), ("ddim", 50), ("ddim", 25), ("ddim", 10)]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default=str(TABLE_RUNS), help="folder of <method>-s<seed> runs")
+    ap.add_argument("--method", default="c2gr", help="the generative run to sample from")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", type=int, default=32, help="pairs per task and sampler")
+    ap.add_argument("--tasks", nargs="+", default=None, help="task names (default: every task of the run)")
+    ap.add_argument("--samplers", nargs="+", default=[f"{s}-{k}" for s, k in SAMPLERS],
+                    help="sampler-steps, e.g. ddpm-200 ddim-10")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS / "replay_cost.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    samplers = []
+    for s in args.samplers:
+        kind, _, steps = s.partition("-")
+        if kind not in ("ddpm", "ddim") or not steps.isdigit():
+            raise SystemExit(f"--samplers: {s!r} is not sampler-steps with sampler ddpm|ddim (e.g. ddim-25)")
+        samplers.append((kind, int(steps)))
+    gen_run = finished_run(args.runs, args.method, args.seed)
+    m = load_method(gen_run)
+    ref = load_method(finished_run(args.runs, "joint", args.seed))
+    names = [c.name for c in m.ctx.cards]
+    ref_names = [c.name for c in ref.ctx.cards]
+    tasks = args.tasks or names
+    bad = [t for t in tasks if t not in names or t not in ref_names]
+    if bad:
+        raise SystemExit(f"--tasks: {bad} not in both runs; tasks: {names}")
+    cfg = m.ctx.cfg
+    m.model.eval()
+    with torch.no_grad():
+        _, z_gen = m.model.prompts(m.ctx.emb, len(names) - 1)
+    per: dict = {f"{s}-{k}": {"per_task": {}} for s, k in samplers}
+    for task in tasks:
+        j = names.index(task)
+        for kind, steps in samplers:
+            gen = torch.Generator().manual_seed(1000 + j)
+            t0 = time.perf_counter()
+            images, labels = sample_pairs(m.model.denoiser, z_gen[j], args.pairs, cfg.data.image_size, m.model.codec,
+                                          sampler=kind, steps=steps, cfg=cfg.diffusion, generator=gen)
+            sec = time.perf_counter() - t0
+            labels[labels > m.ctx.cards[j].n_classes] = 0  # as C2GR.replay does
+            corr = correspondence_dsc(images, labels, ref, ref_names.index(task), m.ctx.cards[j].n_classes)
+            per[f"{kind}-{steps}"]["per_task"][task] = {"sec_per_pair": sec / args.pairs,
+                                                        "correspondence_dsc": corr["mean"]}
+            print(f"{task:12s} {kind}-{steps:<4d} {1000 * sec / args.pairs:8.1f} ms/pair  "
+                  f"correspondence DSC {100 * corr['mean']:5.1f}", flush=True)
+    for v in per.values():
+        v["sec_per_pair"] = float(np.mean([r["sec_per_pair"] for r in v["per_task"].values()]))
+        v["correspondence_dsc"] = float(np.nanmean([r["correspondence_dsc"] for r in v["per_task"].values()]))
+    result = {"run": str(gen_run), "reference": str(finished_run(args.runs, "joint", args.seed)),
+              "pairs_per_task": args.pairs, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "samplers": per}
+    base = per.get("ddpm-200")
+    if base is not None:
+        ok = [k for (s, k) in samplers if s == "ddim" and
+              100 * (base["correspondence_dsc"] - per[f"ddim-{k}"]["correspondence_dsc"]) <= 1.0]
+        result["fewest_ddim_steps_within_1_point_of_ddpm200"] = min(ok) if ok else None
+        for k, v in per.items():
+            v["speedup_vs_ddpm200"] = base["sec_per_pair"] / v["sec_per_pair"]
+    out = write_json(result, args.out)
+    for k, v in per.items():
+        print(f"{k:9s} {1000 * v['sec_per_pair']:8.1f} ms/pair  correspondence DSC {100 * v['correspondence_dsc']:5.1f}"
+              + (f"  {v['speedup_vs_ddpm200']:5.1f}x faster than ddpm-200" if "speedup_vs_ddpm200" in v else ""))
+    if "fewest_ddim_steps_within_1_point_of_ddpm200" in result:
+        print("fewest DDIM steps within 1 DSC point of DDPM-200:",
+              result["fewest_ddim_steps_within_1_point_of_ddpm200"])
+    print(f"written: {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Training cost: images/s of the coupled C2GR step (eq. 9: one loss, one Adam step over segmentor,
+denoiser and prompt graph) against the same MONAI networks trained one after the other in a plain
+loop (segmentor step on L_seg, then denoiser step on the BJD loss, each with its own Adam and the
+prompts held fixed), on the same batch in the same process, in fp32 and bf16 autocast. Achieved
+FLOP/s (FLOPs of one forward+backward from torch.utils.flop_counter.FlopCounterMode) as a fraction
+of this machine's matmul peak, measured here with the same thread count (best of many
+single matmuls timed between the steps).
+
+    python benchmarks/training_cost.py                  # bench preset (32^2)
+    python benchmarks/training_cost.py --preset cpu     # 64^2 networks of the cpu preset
+
+A step sees one current-task batch and one replay batch of cfg.train.batch_size pairs each, as a
+C2GR round does from round 1 on; img/s counts those 2B image-mask pairs. The variants are timed
+interleaved (A, B, A, B, ...) and the minimum per variant is reported (as timeit does): other jobs
+on a shared machine only slow runs down, so the minimum is the closest to the uncontended cost and
+the interleaving keeps the comparison side by side.
+Writes benchmarks/results/training_cost.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_json  # noqa: E402
+from c2gr_core.config import preset  # noqa: E402
+from c2gr_core.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
+from c2gr_core.diffusion import bjd_loss, make_scheduler  # noqa: E402
+from c2gr_core.losses import seg_loss  # noqa: E402
+from c2gr_core.prompts import encode_tasks  # noqa: E402
+from c2gr_core.text_encoders import get_text_encoder  # noqa: E402
+from data_catalog.catalog import entry_card, parse_entry  # noqa: E402
+
+TASKS = ["synthetic:fundus-a", "synthetic:mms-a"]   # round 1 of a stream: task 1 current, task 0 replayed
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+class MatmulPeak:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs) per dtype, best of every `measure()` call: timed
+    between the training steps, so a moment when other jobs leave the core free is caught."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.mats = {d: (torch.randn(n, n, dtype=d), torch.randn(n, n, dtype=d))
+                     for d in (torch.float32, torch.bfloat16)}
+        self.best = {d: float("inf") for d in self.mats}
+        self.measure()
+
+    def measure(self) -> None:
+        for d, (a, b) in self.mats.items():
+            t0 = time.perf_counter()
+            a @ b
+            self.best[d] = min(self.best[d], time.perf_counter() - t0)
+
+    def flop_per_s(self) -> dict:
+        return {"fp32" if d == torch.float32 else "bf16": 2 * self.n ** 3 / t for d, t in self.best.items()}
+
+
+class Setup:
+    """Model, batch and both step functions; each variant gets its own deep copy of the model."""
+
+    def __init__(self, cfg):
+        cards = [entry_card(parse_entry(e)) for e in TASKS]
+        cfg.prompt.encoder = "hash"  # the cost of a step does not depend on the text encoder
+        self.emb = encode_tasks(cards, get_text_encoder(cfg.prompt))
+        self.n_classes = torch.tensor([c.n_classes for c in cards])
+        torch.manual_seed(0)
+        self.model = C2GRModel(cfg, int(self.n_classes.max()), self.emb)
+        self.sched = make_scheduler(cfg.diffusion, "ddpm")
+        B, s = cfg.train.batch_size, cfg.data.image_size
+        g = torch.Generator().manual_seed(0)
+        mk = lambda t: PairBatch(torch.rand(B, 3, s, s, generator=g) * 2 - 1,  # noqa: E731
+                                 torch.randint(0, int(self.n_classes[t]) + 1, (B, s, s), generator=g),
+                                 torch.full((B,), t, dtype=torch.long))
+        self.cur, self.rep = mk(1), mk(0)
+        self.pairs = 2 * B
+        self.lr = cfg.train.lr
+
+    def coupled(self):
+        model = copy.deepcopy(self.model).train()
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+
+        def step(bf16: bool):
+            with _autocast(bf16):
+                loss = coupled_loss(model, self.emb, 1, self.cur, self.rep, self.sched, self.n_classes)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def sequential(self):
+        """The same segmentor and denoiser, one after the other, prompts fixed (no coupling)."""
+        model = copy.deepcopy(self.model).train()
+        with torch.no_grad():
+            z_seg, z_gen = model.prompts(self.emb, 1)
+        z_seg, z_gen = z_seg.detach(), z_gen.detach()
+        opt_s = torch.optim.Adam(model.segmentor.parameters(), lr=self.lr)
+        opt_d = torch.optim.Adam(model.denoiser.parameters(), lr=self.lr)
+        x = torch.cat([self.cur.images, self.rep.images])
+        y = torch.cat([self.cur.masks, self.rep.masks])
+        k = torch.cat([self.cur.tasks, self.rep.tasks])
+
+        def step(bf16: bool):
+            with _autocast(bf16):
+                ls = seg_loss(model.segmentor(x, z_seg[k]), y, self.n_classes[k], groups=k)
+            opt_s.zero_grad(set_to_none=True)
+            ls.backward()
+            opt_s.step()
+            with _autocast(bf16):
+                ld = bjd_loss(model.denoiser, x, model.codec.encode(y), z_gen[k], self.sched).total
+            opt_d.zero_grad(set_to_none=True)
+            ld.backward()
+            opt_d.step()
+        return step
+
+
+def flops_of(step, bf16: bool) -> int:
+    with FlopCounterMode(display=False) as fc:
+        step(bf16)
+    return int(fc.get_total_flops())
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
+    ap.add_argument("--reps", type=int, default=6, help="timed steps per variant (interleaved; minimum reported)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, 2 reps, small matmul")
+    ap.add_argument("--out", default=str(RESULTS / "training_cost.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.preset, args.reps, args.matmul_n = "tiny", 1, 256
+    torch.set_num_threads(args.threads)
+    cfg = preset(args.preset)
+    if args.quick:
+        cfg.train.batch_size = 2
+    setup = Setup(cfg)
+    variants = {(name, bf16): getattr(setup, name)() for bf16 in (False, True) for name in ("coupled", "sequential")}
+    for (name, bf16), step in variants.items():  # warm-up (allocator, oneDNN kernels)
+        step(bf16)
+    times = {key: [] for key in variants}
+    peak = MatmulPeak(args.matmul_n)
+    for _ in range(args.reps):
+        for _ in range(3):
+            peak.measure()
+        for (name, bf16), step in variants.items():
+            t0 = time.perf_counter()
+            step(bf16)
+            times[(name, bf16)].append(time.perf_counter() - t0)
+    peaks = peak.flop_per_s()
+    rows = {}
+    for (name, bf16), step in variants.items():
+        sec = min(times[(name, bf16)])
+        prec = "bf16" if bf16 else "fp32"
+        fl = flops_of(step, bf16)
+        rows[f"{name}_{prec}"] = {"sec_per_step": sec,
+                                  "sec_per_step_median": sorted(times[(name, bf16)])[args.reps // 2],
+                                  "img_per_s": setup.pairs / sec, "flops_per_step": fl, "flop_per_s": fl / sec,
+                                  "fraction_of_matmul_peak": fl / sec / peaks[prec]}
+    speed = lambda a, b: rows[a]["img_per_s"] / rows[b]["img_per_s"]  # noqa: E731
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "preset": args.preset, "image_size": cfg.data.image_size, "pairs_per_step": setup.pairs,
+              "segmentor_params": sum(p.numel() for p in setup.model.segmentor.parameters()),
+              "denoiser_params": sum(p.numel() for p in setup.model.denoiser.parameters()),
+              "matmul_n": args.matmul_n, "matmul_peak_flop_per_s": peaks, "variants": rows,
+              "coupled_over_sequential_speed": {p: speed(f"coupled_{p}", f"sequential_{p}") for p in ("fp32", "bf16")},
+              "bf16_over_fp32_speed": {n: speed(f"{n}_bf16", f"{n}_fp32") for n in ("coupled", "sequential")}}
+    out = write_json(result, args.out)
+    print(f"preset={args.preset} {cfg.data.image_size}^2 threads={result['threads']} pairs/step={setup.pairs} "
+          f"matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    for k, r in rows.items():
+        print(f"{k:16s} {r['sec_per_step']:.3f} s/step  {r['img_per_s']:7.1f} img/s  "
+              f"{r['flop_per_s'] / 1e9:6.1f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f} % of peak")
+    print(f"written: {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Smoke check of the benchmark scripts (benchmarks/*.py) at the tiny preset: each one still runs
+end to end through its command-line entry point and writes the JSON it promises. The figures
+themselves are not checked here (they are in BENCHMARKS.md); the JSON structure and a few
+invariants that any run must satisfy are.
+"""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("table")
+    methods = ["c2gr", "c2gr-njd", "c2gr-norups", "joint", "finetune"]
+    result = script("method_table").main(["--quick", "--out", str(out), "--methods", *methods])
+    return out, result
+
+
+def test_method_table_writes_table_and_is_resumable(table, capsys):
+    out, result = table
+    assert set(result["methods"]) == {"c2gr", "c2gr-njd", "c2gr-norups", "joint", "finetune"}
+    assert (out / "matrices.png").is_file() and (out / "summary.md").is_file()
+    saved = json.loads((out / "method_table.json").read_text())
+    assert len(saved["c2gr_matrix_percent"]) == 2 and saved["c2gr_matrix_percent"][0][1] is None
+    assert math.isclose(saved["c2gr_over_joint_overall"],
+                        saved["methods"]["c2gr"]["overall"] / saved["methods"]["joint"]["overall"])
+    # A second call skips the finished runs instead of failing on the existing run directories.
+    script("method_table").main(["--quick", "--out", str(out), "--methods", "finetune"])
+    assert "[skip] finetune" in capsys.readouterr().out
+
+
+def test_ablation_and_replay_quality_read_the_table_runs(table, tmp_path):
+    out, _ = table
+    runs = str(out / "runs")
+    ab = script("ablation").main(["--runs", runs, "--out", str(tmp_path / "ablation.json")])
+    assert set(ab["variants"]) >= {"c2gr", "c2gr-njd", "c2gr-norups", "finetune", "joint"}
+    assert (tmp_path / "ablation.png").is_file()
+    rq = script("replay_quality").main(["--runs", runs, "--out", str(tmp_path / "rq.json")])
+    assert (tmp_path / "rq.png").is_file()
+    for v in rq["methods"].values():
+        assert [r["task"] for r in v["per_task"]] == ["fundus-a"]   # the one past task of round 1
+        assert 0.0 <= v["mean_correspondence_dsc"] <= 1.0 and v["mean_feature_fid"] >= 0.0
+
+
+def test_replay_cost_compares_samplers_from_one_checkpoint(table, tmp_path):
+    out, _ = table
+    r = script("replay_cost").main(["--runs", str(out / "runs"), "--pairs", "2", "--tasks", "fundus-a",
+                                    "--samplers", "ddpm-200", "ddim-10", "--out", str(tmp_path / "rc.json")])
+    assert set(r["samplers"]) == {"ddpm-200", "ddim-10"}
+    # 200 denoiser calls cannot be faster than 10 of the same network on the same pairs.
+    assert r["samplers"]["ddim-10"]["speedup_vs_ddpm200"] > 2
+    assert r["fewest_ddim_steps_within_1_point_of_ddpm200"] in (None, 10)
+
+
+def test_replay_cost_rejects_a_bad_sampler(table):
+    out, _ = table
+    with pytest.raises(SystemExit, match="sampler-steps"):
+        script("replay_cost").main(["--runs", str(out / "runs"), "--samplers", "euler-10"])
+
+
+def test_training_cost_quick(tmp_path):
+    r = script("training_cost").main(["--quick", "--out", str(tmp_path / "tc.json")])
+    for v in r["variants"].values():
+        assert v["img_per_s"] > 0 and v["flops_per_step"] > 0 and 0 < v["fraction_of_matmul_peak"] < 1
+    # The coupled step does the sequential loop's work in one optimiser step: same FLOPs within 10 %
+    # (the prompt graph's forward and backward is the difference).
+    fl = r["variants"]
+    assert math.isclose(fl["coupled_fp32"]["flops_per_step"], fl["sequential_fp32"]["flops_per_step"], rel_tol=0.1)
+
+
+def test_memory_quick(tmp_path):
+    r = script("memory").main(["--quick", "--tasks", "2", "--out", str(tmp_path / "mem.json")])
+    (run,) = r["runs"]
+    assert run["n_tasks"] == 2 and run["peak_rss_mib"] >= run["rss_after_imports_mib"] > 50
