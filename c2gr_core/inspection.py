@@ -16,6 +16,7 @@ from .methods.base import Method
 from .quality import (CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, SegmentorFeatures, correspondence_dsc,
                       feature_fid, segmentor_features)
 from .rups import cosine_matrix
+from .runs import task_index
 
 
 def _generator(method: Method):
@@ -27,14 +28,7 @@ def _generator(method: Method):
 
 
 def _task_index(method: Method, task: int | str) -> int:
-    names = [c.name for c in method.ctx.cards]
-    if isinstance(task, str):
-        if task not in names:
-            raise ValueError(f"task {task!r} is not in the stream of {method.name!r}: {names}")
-        return names.index(task)
-    if not 0 <= int(task) < len(names):
-        raise ValueError(f"task index {task} outside 0..{len(names) - 1} of {method.name!r}'s stream {names}")
-    return int(task)
+    return task_index([c.name for c in method.ctx.cards], task, f"method {method.name!r}")
 
 
 # ------------------------------------------------------------------------ generated pairs

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_catalog.catalog import entry_card, load_task
+from data_catalog.catalog import entry_card
 from data_catalog.schema import TaskCard
 from data_catalog.taskdata import TaskData
 
@@ -25,7 +25,7 @@ from .config import ExperimentConfig
 from .methods import get_method
 from .methods.base import Method, StreamContext
 from .prompts import encode_tasks
-from .stream import resolve_entries
+from .stream import load_stream_task, resolve_entries
 from .text_encoders import get_text_encoder
 
 _REQUIRED = ("config.json", "stream.json", "progress.json")
@@ -95,18 +95,15 @@ def load_run_task(run_dir: str | os.PathLike, task: int | str, data_root: str | 
     """Task `task` (stream index or name) of a run, materialised exactly as `run_stream` loads it."""
     run = _run_path(run_dir)
     info = read_run(run)
-    j = _task_index(info["tasks"], task, run)
-    cfg: ExperimentConfig = info["config"]
-    d = cfg.data
-    entry = resolve_entries(info["entries"])[j]
-    return load_task(entry, image_size=d.image_size, seed=cfg.train.seed + j, data_root=data_root or d.data_root,
-                     n_synthetic=(d.n_train, d.n_val, d.n_test))
+    j = task_index(info["tasks"], task, run)
+    return load_stream_task(resolve_entries(info["entries"]), j, info["config"], data_root)
 
 
-def _task_index(tasks: list[str], task: int | str, where) -> int:
+def task_index(tasks: list[str], task: int | str, where) -> int:
+    """A stream index from a task name or index, with an error naming `where`."""
     if isinstance(task, str):
         if task not in tasks:
-            raise ValueError(f"{where}: task {task!r} is not in the run's stream {tasks}")
+            raise ValueError(f"{where}: task {task!r} is not in the stream {tasks}")
         return tasks.index(task)
     if not 0 <= int(task) < len(tasks):
         raise ValueError(f"{where}: task index {task} outside 0..{len(tasks) - 1}")

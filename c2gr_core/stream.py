@@ -64,6 +64,15 @@ def resolve_entries(stream: str | os.PathLike | Sequence) -> list[StreamEntry]:
     return [e if isinstance(e, StreamEntry) else parse_entry(e) for e in stream]
 
 
+def load_stream_task(entries: list[StreamEntry], j: int, cfg: ExperimentConfig,
+                     data_root: str | None = None) -> TaskData:
+    """Task j of a stream as every round of a run sees it (seed + j: each task its own split draw).
+    The one place this rule lives, so tools that re-read a run get the same data."""
+    d = cfg.data
+    return load_task(entries[j], image_size=d.image_size, seed=cfg.train.seed + j,
+                     data_root=data_root or d.data_root, n_synthetic=(d.n_train, d.n_val, d.n_test))
+
+
 def environment_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -161,12 +170,8 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     ctx = StreamContext(cfg=cfg, cards=cards, emb=emb, work_dir=work, device=device, progress=progress)
     m: Method = method_cls(ctx)
 
-    d = cfg.data
-    seed = cfg.train.seed
-
     def load(j: int) -> TaskData:
-        return load_task(entries[j], image_size=d.image_size, seed=seed + j, data_root=data_root or d.data_root,
-                         n_synthetic=(d.n_train, d.n_val, d.n_test))
+        return load_stream_task(entries, j, cfg, data_root)
 
     access = TaskAccess(cards, load, privileged=m.reads_past_data)
     D = np.full((T, T), np.nan)

@@ -73,7 +73,7 @@ def test_load_run_task_matches_the_stream_data(runs):
     assert a.card.name == "mms-a" and a.card.n_classes == 3
     np.testing.assert_array_equal(a.test.images, b.test.images)
     assert len(a.test) == small_cfg().data.n_test
-    with pytest.raises(ValueError, match="not in the run's stream"):
+    with pytest.raises(ValueError, match="not in the stream"):
         load_run_task(runs["joint"], "busi")
 
 
