@@ -156,7 +156,7 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
         out.mkdir(parents=True, exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
     if main and start == 0:
-        cfg.save(out / "config.json")
+        atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         atomic_write(out / "stream.json", json.dumps(stream_info, indent=2))
         atomic_write(out / "environment.json", json.dumps(environment_info(), indent=2))
 
