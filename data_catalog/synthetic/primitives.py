@@ -126,6 +126,17 @@ def blob(X, Y, cx, cy, rx, ry, angle=0.0, harm=(), bend=0.0):
     return (rho - radius) * np.asarray(np.minimum(rx, ry), np.float32)
 
 
+def per_sample_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b where one operand is a fixed matrix and the other holds samples along axis 0, with
+    each sample's product computed on its own. numpy hands a batched product to BLAS as one
+    large matrix; OpenBLAS picks its kernel (and so its summation order) from the shape and the
+    CPU, so a sample's pixels would depend on the batch it was rendered in (seen on an AMD EPYC:
+    3 pixels of a BUSI batch off by 1.8e-7). Per sample the shapes, hence the kernels, are fixed."""
+    if b.ndim == 2:
+        return np.stack([x @ b for x in a]) if len(a) else a @ b
+    return np.stack([a @ x for x in b]) if len(b) else a @ b
+
+
 @lru_cache(maxsize=8)
 def _harmonic_basis(orders: int) -> np.ndarray:
     """(2 * orders, bins): cos(k theta), sin(k theta) for k = 2 .. orders + 1 at the bin centres."""
@@ -139,7 +150,7 @@ def _radius_lookup(harm, u, v):
     tabulated at 512 angles per sample and looked up: one arctan2 and one gather instead of
     ten array operations per harmonic."""
     coef = np.concatenate([np.concatenate([a for a, _ in harm], 1), np.concatenate([b for _, b in harm], 1)], 1)
-    table = 1 + coef[:, :, 0] @ _harmonic_basis(len(harm))  # (n, bins)
+    table = 1 + per_sample_matmul(coef[:, :, 0], _harmonic_basis(len(harm)))  # (n, bins)
     scale = np.float32(_ANGLE_BINS / (2 * np.pi))
     idx = ((np.arctan2(v, u) + np.float32(np.pi)) * scale).astype(np.int32) & (_ANGLE_BINS - 1)
     return np.take(table.ravel(), idx + (np.arange(len(table), dtype=np.int32) * _ANGLE_BINS)[:, None, None])
@@ -207,7 +218,7 @@ def smooth_field(draws: Draws, cells: int) -> np.ndarray:
     """(n, H, W) smooth random field of about unit variance with `cells` features per side:
     an N(0, 1) grid interpolated to pixels (two matrix products, so it costs almost nothing)."""
     m = _interp_matrix(draws.size, cells)
-    return m @ draws.grid(cells) @ m.T
+    return per_sample_matmul(per_sample_matmul(m, draws.grid(cells)), m.T)
 
 
 def fractal_field(draws: Draws, cells=(4, 8, 16), gain: float = 0.5) -> np.ndarray:
@@ -220,7 +231,7 @@ def fractal_field(draws: Draws, cells=(4, 8, 16), gain: float = 0.5) -> np.ndarr
 def profile(draws: Draws, cells: int) -> np.ndarray:
     """(n, 1, W) smooth random 1D profile along x (layer thicknesses, boundaries)."""
     m = _interp_matrix(draws.size, cells)
-    return (draws.line(cells) @ m.T)[:, None, :]
+    return per_sample_matmul(draws.line(cells), m.T)[:, None, :]
 
 
 @lru_cache(maxsize=64)
@@ -237,8 +248,8 @@ def blur(img: np.ndarray, sigma: float, axis: str = "xy") -> np.ndarray:
     if sigma_px < 0.3:
         return img
     k = _gauss_matrix(size, sigma_px)
-    out = img @ k.T if "x" in axis else img
-    return k @ out if "y" in axis else out
+    out = per_sample_matmul(img, k.T) if "x" in axis else img
+    return per_sample_matmul(k, out) if "y" in axis else out
 
 
 # ---------------------------------------------------------------- noise models
