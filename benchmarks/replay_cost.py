@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         for kind, steps in samplers:
             gen = torch.Generator().manual_seed(1000 + j)
             t0 = time.perf_counter()
-            images, labels = sample_pairs(m.model.denoiser, z_gen[j], args.pairs, cfg.data.image_size, m.model.codec,
+            images, labels = sample_pairs(m.replay_denoiser, z_gen[j], args.pairs, cfg.data.image_size, m.model.codec,
                                           sampler=kind, steps=steps, cfg=cfg.diffusion, generator=gen)
             sec = time.perf_counter() - t0
             labels[labels > m.ctx.cards[j].n_classes] = 0  # as C2GR.replay does

@@ -120,7 +120,7 @@ class Setup:
             ls.backward()
             opt_s.step()
             with _autocast(bf16):
-                ld = bjd_loss(model.denoiser, x, model.codec.encode(y), z_gen[k], self.sched).total
+                ld = bjd_loss(model.denoiser, x, model.codec.encode(y), z_gen[k], self.sched, cfg=model.diffusion_cfg).total
             opt_d.zero_grad(set_to_none=True)
             ld.backward()
             opt_d.step()

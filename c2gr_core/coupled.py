@@ -10,6 +10,7 @@ plain projected text prompt: nothing is shared and the two optimisations are unc
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ class C2GRModel(nn.Module):
         self.segmentor = PromptedUNet(cfg.segmentor, in_channels=3, out_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
         self.denoiser = Denoiser(cfg.denoiser, image_channels=3, mask_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
         self.codec = MaskCodec(c_max + 1)
+        self.diffusion_cfg = cfg.diffusion
         E = emb.e.shape[1]
         if self.rups:
             self.prompt = PromptGraph(E, {s: c.shape[1] for s, c in emb.components.items()}, P, cfg.prompt.q_dim)
@@ -73,22 +75,31 @@ class C2GRModel(nn.Module):
             return z, z
         return self.seg_prompt(pool), self.gen_prompt(pool)
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """What a generator-only phase trains: the denoiser and a prompt only the generator uses."""
+        own = [] if self.rups else list(self.gen_prompt.parameters())
+        return list(self.denoiser.parameters()) + own
+
     def diffusion_loss(self, x, y_labels, prompt, scheduler):
         y0 = self.codec.encode(y_labels)
         fn = bjd_loss if self.objective == "bjd" else njd_loss
-        return fn(self.denoiser, x, y0, prompt, scheduler).total
+        return fn(self.denoiser, x, y0, prompt, scheduler, cfg=self.diffusion_cfg).total
 
 
 def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,
                  scheduler, n_classes: torch.Tensor, train_segmentor: bool = True,
-                 train_generator: bool = True) -> dict[str, torch.Tensor]:
+                 train_generator: bool = True, train_prompt: bool = True) -> dict[str, torch.Tensor]:
     """L = L_ME + L_MU (eq. 9) on one current-task batch and one replay batch.
+
+    train_prompt=False computes the prompts without gradient (a generator-only phase of C2GR must not
+    move the shared RUPS prompts away from those the segmentor was trained with).
 
     The replay batch is stratified over past tasks (ReplayStore.sample), so its mean loss is an
     unbiased estimate of the 1/(t-1) sum over replay sets in eq. 7-8.
     """
     dev = next(model.parameters()).device
-    z_seg, z_gen = model.prompts(emb, t)
+    with contextlib.nullcontext() if train_prompt else torch.no_grad():
+        z_seg, z_gen = model.prompts(emb, t)
     n_classes = n_classes.to(dev)
     out: dict[str, torch.Tensor] = {}
     for name, b in (("cur", current), ("rep", replay)):

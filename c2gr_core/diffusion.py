@@ -15,6 +15,13 @@ Why the reverse steps are written here instead of calling MONAI's `step()` (MONA
   a rounded linspace (n = 10: 999 -> 899 in the update, but the next call is at 888).
 Both steps below take t_prev from the grid itself; with every step run (n = K) they reduce to
 MONAI's (tests/c2gr_core/test_diffusion.py checks both facts).
+
+The training recipe (`DiffusionConfig`): what the denoiser predicts (`prediction`: "eps" as in
+eq. 1 and 3, or "v" = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho 2022), how the timesteps
+are weighted (`loss_weighting`: "uniform" as written in the paper, or "min_snr", Hang et al. 2023)
+and an exponential moving average of the denoiser weights that samples the replay (`ema_decay`).
+The paper does not say which parameterisation it used; at the sizes a CPU trains, eps with uniform
+weights produced noise and v + min-SNR + EMA usable pairs (BENCHMARKS.md, generator diagnostic).
 """
 from __future__ import annotations
 
@@ -24,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from c2gr_core.config import DiffusionConfig
 
 SAMPLERS = ("ddpm", "ddim")
 SCHEDULES = ("linear_beta", "scaled_linear_beta")
 MASK_CODES = ("onehot",)
+PREDICTIONS = ("eps", "v")
+WEIGHTINGS = ("uniform", "min_snr")
 
 
 # ---------------------------------------------------------------------------------- mask code
@@ -88,6 +98,7 @@ def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm") -> DDPMScheduler | 
         raise ValueError(f"DiffusionConfig.num_train_timesteps must be >= 2, got {cfg.num_train_timesteps}")
     if not 0.0 < cfg.beta_start < cfg.beta_end < 1.0:
         raise ValueError(f"DiffusionConfig: need 0 < beta_start < beta_end < 1, got {cfg.beta_start}, {cfg.beta_end}")
+    check_recipe(cfg)
     common = dict(num_train_timesteps=int(cfg.num_train_timesteps), schedule=cfg.schedule,
                   beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=True)
     if kind == "ddpm":
@@ -95,9 +106,64 @@ def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm") -> DDPMScheduler | 
     return DDIMScheduler(set_alpha_to_one=True, **common)
 
 
+def check_recipe(cfg: DiffusionConfig) -> None:
+    """Refuse a training recipe the losses and samplers do not know, naming the field."""
+    if cfg.prediction not in PREDICTIONS:
+        raise ValueError(f"DiffusionConfig.prediction: unknown {cfg.prediction!r}; allowed: {list(PREDICTIONS)}")
+    if cfg.loss_weighting not in WEIGHTINGS:
+        raise ValueError(f"DiffusionConfig.loss_weighting: unknown {cfg.loss_weighting!r}; allowed: {list(WEIGHTINGS)}")
+    if isinstance(cfg.snr_gamma, bool) or not isinstance(cfg.snr_gamma, (int, float)) or not cfg.snr_gamma > 0:
+        raise ValueError(f"DiffusionConfig.snr_gamma must be a number > 0, got {cfg.snr_gamma!r}")
+    if isinstance(cfg.ema_decay, bool) or not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"DiffusionConfig.ema_decay must be a number in [0, 1) (0: no EMA), got {cfg.ema_decay!r}")
+
+
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Forward process of sec. 3.1.1: x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps, k (B,) per sample."""
     return scheduler.add_noise(original_samples=x0, noise=noise, timesteps=k)
+
+
+def _abar(scheduler, k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """abar_k per sample, shaped (B, 1, 1, 1) to broadcast over `like`."""
+    a = scheduler.alphas_cumprod.to(like.device, torch.float32)[k.to(like.device)]
+    return a.view(-1, *([1] * (like.ndim - 1)))
+
+
+def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """What the denoiser is trained to output for a part with clean value x0 and noise `noise`:
+    eps itself, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, eq. in sec. 4)."""
+    if prediction == "eps":
+        return noise
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+
+def snr_weights(scheduler, k: torch.Tensor, prediction: str, weighting: str, gamma: float) -> torch.Tensor:
+    """(B,) loss weight of each sample's timestep. "uniform": 1 (eq. 1 and 3 as written).
+    "min_snr" (Hang et al. 2023): the x0-space weight min(SNR, gamma) expressed in the space the
+    denoiser predicts, min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v,
+    with SNR_k = abar_k / (1 - abar_k)."""
+    if weighting == "uniform":
+        return torch.ones(k.shape, dtype=torch.float32, device=k.device)
+    a = scheduler.alphas_cumprod.to(k.device, torch.float64)[k]
+    snr = a / (1 - a)
+    clipped = snr.clamp(max=float(gamma))
+    return (clipped / snr if prediction == "eps" else clipped / (snr + 1)).float()
+
+
+def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of w_i times sample i's mean squared error; with w = 1 the plain MSE."""
+    per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)
+    return (w.to(per_sample.device) * per_sample).mean()
+
+
+def make_ema(denoiser: nn.Module, decay: float) -> AveragedModel | None:
+    """EMA copy of the denoiser weights (decay 0: none). `update_parameters(denoiser)` after each
+    optimiser step; sample with `.module`. Its weights are never trained, so they ask for no grad."""
+    if not decay:
+        return None
+    ema = AveragedModel(denoiser, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -146,27 +212,30 @@ def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> tor
     return prompt
 
 
-def _mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.float(), target.float())
-
-
 def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
-             generator: torch.Generator | None = None, draws: NoiseDraws | None = None) -> JointLoss:
+             generator: torch.Generator | None = None, draws: NoiseDraws | None = None,
+             cfg: DiffusionConfig | None = None) -> JointLoss:
     """Naive joint diffusion, eq. (1): || [eps_x, eps_y] - eps_theta([x_k, y_k], k) ||^2.
 
-    The squared norm is the mean squared error over all elements (batch, channels, pixels).
+    The squared norm is the mean squared error over all elements (batch, channels, pixels). With
+    cfg.prediction = "v" the target is [v_x, v_y]; cfg.loss_weighting weights each sample's error
+    by its timestep (`snr_weights`). cfg defaults to DiffusionConfig() (eps, uniform: eq. 1 as written).
     """
+    cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
     d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator)
     xk, yk = add_noise(scheduler, x0, d.eps_x, d.k), add_noise(scheduler, y0, d.eps_y, d.k)
     pred = denoiser(torch.cat([xk, yk], 1), d.k, prompt)
-    loss = _mse(pred, torch.cat([d.eps_x, d.eps_y], 1))
+    a = _abar(scheduler, d.k, x0)
+    tgt = torch.cat([target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)], 1)
+    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    loss = _weighted_mse(pred, tgt, w)
     return JointLoss(loss, {"joint": loss.detach()})
 
 
 def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              batched: bool = True, generator: torch.Generator | None = None,
-             draws: NoiseDraws | None = None) -> JointLoss:
+             draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None) -> JointLoss:
     """Bayesian joint diffusion, eq. (3): the joint term of eq. (1) plus two conditional terms
 
         || [eps_x, 0] - eps_theta([x_k, y_0], k) ||^2    image denoised with the clean mask as reference
@@ -175,29 +244,57 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     with the same k, eps_x, eps_y per sample in all three. Each term is the mean squared error over
     all its elements; the loss is their sum. `batched` stacks the three inputs along the batch into
     one denoiser forward (same result as three forwards, see benchmarks/diffusion_speed.py for speed).
+
+    Under cfg.prediction = "v" every part's target is `target("v", clean, noise, abar_k)`. The clean
+    half of a conditional term carries no noise, so its target is v with eps = 0, i.e.
+    -sqrt(1 - abar_k) * clean: the same definition as for a noisy part, and the direct analogue of
+    eq. 3's zero under eps. (The other reading, "a v that the sampler would decode into eps = 0",
+    is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
+    The per-sample weights of cfg.loss_weighting apply to all three terms alike.
     """
+    cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
     d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator)
     xk, yk = add_noise(scheduler, x0, d.eps_x, d.k), add_noise(scheduler, y0, d.eps_y, d.k)
     inputs = [torch.cat([xk, yk], 1), torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
-    zx, zy = torch.zeros_like(d.eps_x), torch.zeros_like(d.eps_y)
-    targets = [torch.cat([d.eps_x, d.eps_y], 1), torch.cat([d.eps_x, zy], 1), torch.cat([zx, d.eps_y], 1)]
+    a = _abar(scheduler, d.k, x0)
+    tx, ty = target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)
+    cx = target(cfg.prediction, x0, torch.zeros_like(d.eps_x), a)   # clean image: no noise on this half
+    cy = target(cfg.prediction, y0, torch.zeros_like(d.eps_y), a)   # clean mask: no noise on this half
+    targets = [torch.cat([tx, ty], 1), torch.cat([tx, cy], 1), torch.cat([cx, ty], 1)]
     if batched:
         preds = denoiser(torch.cat(inputs, 0), d.k.repeat(3), prompt.repeat(3, 1)).chunk(3, dim=0)
     else:
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
+    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     names = ("joint", "image_given_mask", "mask_given_image")
-    terms = {n: _mse(p, t) for n, p, t in zip(names, preds, targets)}
+    terms = {n: _weighted_mse(p, t, w) for n, p, t in zip(names, preds, targets)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
     return JointLoss(total, {n: v.detach() for n, v in terms.items()})
 
 
+def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler,
+               generator: torch.Generator | None = None, cfg: DiffusionConfig | None = None) -> JointLoss:
+    """The image-only objective of GR (Ho et al. eq. 14 under the same recipe): || eps - eps_theta(x_k, k) ||^2."""
+    cfg = cfg or DiffusionConfig()
+    if x0.ndim != 4:
+        raise ValueError(f"image diffusion: x0 must be (B, C, H, W), got {tuple(x0.shape)}")
+    gdev = generator.device if generator is not None else x0.device
+    k = torch.randint(0, int(scheduler.num_train_timesteps), (x0.shape[0],), generator=generator,
+                      device=gdev).to(x0.device)
+    eps = _randn(x0.shape, generator, x0.device)
+    pred = denoiser(add_noise(scheduler, x0, eps, k), k, prompt)
+    w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    loss = _weighted_mse(pred, target(cfg.prediction, x0, eps, _abar(scheduler, k, x0)), w)
+    return JointLoss(loss, {"image": loss.detach()})
+
+
 def joint_loss(cfg: DiffusionConfig, denoiser, x0, y0, prompt, scheduler, generator=None) -> JointLoss:
-    """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1)."""
+    """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1), under cfg's recipe."""
     if cfg.objective == "bjd":
-        return bjd_loss(denoiser, x0, y0, prompt, scheduler, batched=True, generator=generator)
+        return bjd_loss(denoiser, x0, y0, prompt, scheduler, batched=True, generator=generator, cfg=cfg)
     if cfg.objective == "njd":
-        return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator)
+        return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator, cfg=cfg)
     raise ValueError(f"DiffusionConfig.objective: unknown {cfg.objective!r}; allowed: ['bjd', 'njd']")
 
 
@@ -209,17 +306,31 @@ def _alphas(scheduler, t: int, t_prev: int, like: torch.Tensor):
     return a_t, a_prev
 
 
-def ddpm_step(scheduler, eps: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def x0_and_eps(output: torch.Tensor, sample: torch.Tensor, a_t: torch.Tensor, prediction: str = "eps"):
+    """The denoiser's output read as (predicted x_0, predicted eps) at cumulative alpha a_t.
+
+    eps: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) (Ho et al. eq. 15).
+    v:   x0 = sqrt(a) x_t - sqrt(1 - a) v,  eps = sqrt(1 - a) x_t + sqrt(a) v (Salimans & Ho 2022).
+    """
+    if prediction == "eps":
+        return (sample - (1.0 - a_t).sqrt() * output) / a_t.sqrt(), output
+    if prediction == "v":
+        return a_t.sqrt() * sample - (1.0 - a_t).sqrt() * output, (1.0 - a_t).sqrt() * sample + a_t.sqrt() * output
+    raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
+
+
+def ddpm_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor,
+              generator: torch.Generator | None = None, prediction: str = "eps") -> torch.Tensor:
     """One ancestral step x_t -> x_{t_prev} of a (possibly strided) DDPM, Ho et al. eq. (6)-(7).
 
-    t_prev = -1 marks the last step (abar_prev = 1, no noise added).
+    `output` is the denoiser's prediction (eps or v, see `prediction`). t_prev = -1 marks the
+    last step (abar_prev = 1, no noise added).
     """
     # 1. cumulative alphas at both ends and the beta of the strided step t -> t_prev
     a_t, a_prev = _alphas(scheduler, t, t_prev, sample)
     beta_t = 1.0 - a_t / a_prev
-    # 2. predicted x_0 from the predicted noise (Ho et al. eq. 15)
-    x0 = (sample - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+    # 2. predicted x_0 from the denoiser's output
+    x0, _ = x0_and_eps(output, sample, a_t, prediction)
     # 3. clip predicted x_0 to the data range
     x0 = x0.clamp(-1.0, 1.0)
     # 4. posterior mean coefficients of q(x_{t_prev} | x_t, x_0) (Ho et al. eq. 7)
@@ -234,13 +345,13 @@ def ddpm_step(scheduler, eps: torch.Tensor, t: int, t_prev: int, sample: torch.T
     return mean + var.sqrt() * _randn(sample.shape, generator, sample.device, sample.dtype)
 
 
-def ddim_step(scheduler, eps: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor, eta: float = 0.0,
+              generator: torch.Generator | None = None, prediction: str = "eps") -> torch.Tensor:
     """One DDIM step x_t -> x_{t_prev}, Song et al. eq. (12) and (16); eta = 0 is deterministic."""
     # 1. cumulative alphas at t and at the previous grid point (1 after the last step)
     a_t, a_prev = _alphas(scheduler, t, t_prev, sample)
-    # 2. predicted x_0 ("f_theta(x_t)" of eq. 12)
-    x0 = (sample - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+    # 2. predicted x_0 ("f_theta(x_t)" of eq. 12) and predicted noise
+    x0, eps = x0_and_eps(output, sample, a_t, prediction)
     # 3. clip predicted x_0 to the data range
     x0 = x0.clamp(-1.0, 1.0)
     # 4. sigma_t(eta) of eq. (16)
@@ -266,29 +377,27 @@ def timestep_grid(scheduler, steps: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, codec: MaskCodec,
-                 sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
-                 generator: torch.Generator | None = None, progress: bool = False, chunk_size: int = 64,
-                 eta: float = 0.0, image_channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw n image–mask pairs from pure noise by the reverse process (sec. 3.1), prompted by zeta.
+def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: int, image_size: int,
+                  sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
+                  generator: torch.Generator | None = None, progress: bool | str = False, chunk_size: int = 64,
+                  eta: float = 0.0) -> torch.Tensor:
+    """n samples (n, channels, H, W) drawn from pure noise by the reverse process (sec. 3.1).
 
-    prompt: (P,) for one task or (n, P) per pair. sampler/steps default to cfg.sampler/cfg.sample_steps
-    (paper: DDPM, 200 steps over K = 1000). Pairs are generated `chunk_size` at a time.
-    Returns images (n, 3, H, W) clamped to [-1, 1] and labels (n, H, W) long in 0..n_labels-1.
+    The one reverse-chain loop of the workbench: joint pairs (`sample_pairs`) and GR's images use it.
+    prompt: (P,) for one task or (n, P) per sample. sampler/steps default to cfg.sampler/cfg.sample_steps
+    (paper: DDPM, 200 steps over K = 1000); the output is read as cfg.prediction. Samples are drawn
+    `chunk_size` at a time; `progress` (True or a description) shows a bar over reverse steps.
     """
     cfg = cfg or DiffusionConfig()
     sampler = cfg.sampler if sampler is None else sampler
     steps = int(cfg.sample_steps if steps is None else steps)
     if sampler not in SAMPLERS:
-        raise ValueError(f"sample_pairs: unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}")
+        raise ValueError(f"sampler: unknown {sampler!r}; allowed: {list(SAMPLERS)}")
     if n < 1 or chunk_size < 1:
-        raise ValueError(f"sample_pairs: n and chunk_size must be >= 1, got {n}, {chunk_size}")
-    mask_channels = getattr(denoiser, "mask_channels", codec.channels)
-    if mask_channels != codec.channels:
-        raise ValueError(f"sample_pairs: codec has {codec.channels} channels, denoiser expects {mask_channels}")
+        raise ValueError(f"sampling: n and chunk_size must be >= 1, got {n}, {chunk_size}")
     prompt = prompt.unsqueeze(0).expand(n, -1) if prompt.ndim == 1 else prompt
     if prompt.ndim != 2 or prompt.shape[0] != n:
-        raise ValueError(f"sample_pairs: prompt must be (P,) or ({n}, P), got {tuple(prompt.shape)}")
+        raise ValueError(f"sampling: prompt must be (P,) or ({n}, P), got {tuple(prompt.shape)}")
     scheduler = make_scheduler(cfg, sampler)
     grid = timestep_grid(scheduler, steps)
     param = next(denoiser.parameters(), None)
@@ -300,25 +409,43 @@ def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid) * -(-n // chunk_size), desc=f"{sampler}-{steps}")
-    images, labels = [], []
+        desc = progress if isinstance(progress, str) else f"{sampler}-{steps}"
+        bar = tqdm(total=len(grid) * -(-n // chunk_size), desc=desc)
+    out = []
     try:
         for start in range(0, n, chunk_size):
             zeta = prompt[start:start + chunk_size]
             b = zeta.shape[0]
-            xy = _randn((b, image_channels + codec.channels, image_size, image_size), generator, device)
+            # 1. pure noise, drawn on the generator's device so CPU and GPU runs match
+            xy = _randn((b, channels, image_size, image_size), generator, device)
+            # 2. the reverse chain on the sampler's timestep grid
             for t, t_prev in grid:
-                eps = denoiser(xy, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()
+                pred = denoiser(xy, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()
                 if sampler == "ddpm":
-                    xy = ddpm_step(scheduler, eps, t, t_prev, xy, generator)
+                    xy = ddpm_step(scheduler, pred, t, t_prev, xy, generator, cfg.prediction)
                 else:
-                    xy = ddim_step(scheduler, eps, t, t_prev, xy, eta, generator)
+                    xy = ddim_step(scheduler, pred, t, t_prev, xy, eta, generator, cfg.prediction)
                 if bar is not None:
                     bar.update(1)
-            images.append(xy[:, :image_channels].clamp(-1.0, 1.0))
-            labels.append(codec.decode(xy[:, image_channels:]))
+            out.append(xy)
     finally:
         denoiser.train(was_training)
         if bar is not None:
             bar.close()
-    return torch.cat(images), torch.cat(labels)
+    return torch.cat(out)
+
+
+def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, codec: MaskCodec,
+                 sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
+                 generator: torch.Generator | None = None, progress: bool | str = False, chunk_size: int = 64,
+                 eta: float = 0.0, image_channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw n image–mask pairs with `reverse_chain`, prompted by zeta.
+
+    Returns images (n, 3, H, W) clamped to [-1, 1] and labels (n, H, W) long in 0..n_labels-1.
+    """
+    mask_channels = getattr(denoiser, "mask_channels", codec.channels)
+    if mask_channels != codec.channels:
+        raise ValueError(f"sample_pairs: codec has {codec.channels} channels, denoiser expects {mask_channels}")
+    xy = reverse_chain(denoiser, prompt, n, image_channels + codec.channels, image_size, sampler=sampler,
+                       steps=steps, cfg=cfg, generator=generator, progress=progress, chunk_size=chunk_size, eta=eta)
+    return xy[:, :image_channels].clamp(-1.0, 1.0), codec.decode(xy[:, image_channels:])

@@ -37,7 +37,8 @@ def sample_task_pairs(method: Method, task: int | str, n: int, seed: int = 0,
                       steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """n image-mask pairs for `task` from a C2GR-family method's generator as it stands now (the
     final model after `load_method`), prompted exactly as its replay is: the generator prompt of
-    the tasks seen so far, labels a task lacks set to background.
+    the tasks seen so far, sampled by the weights that sample its replay (the EMA when there is one),
+    labels a task lacks set to background.
 
     Returns images (n, 3, H, W) float32 in [-1, 1] and masks (n, H, W) uint8.
     """
@@ -46,7 +47,7 @@ def sample_task_pairs(method: Method, task: int | str, n: int, seed: int = 0,
     cfg = method.ctx.cfg
     _, z_gen = model.prompts(method.ctx.emb, max(getattr(method, "seen", j), j))
     gen = torch.Generator().manual_seed(int(seed))
-    images, labels = sample_pairs(model.denoiser, z_gen[j], int(n), cfg.data.image_size, model.codec,
+    images, labels = sample_pairs(method.replay_denoiser, z_gen[j], int(n), cfg.data.image_size, model.codec,
                                   cfg=cfg.diffusion, steps=steps, generator=gen)
     labels[labels > method.ctx.cards[j].n_classes] = 0
     return images.cpu().numpy().astype(np.float32), labels.cpu().numpy().astype(np.uint8)

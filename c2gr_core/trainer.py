@@ -34,10 +34,18 @@ class Trainer:
                  device: str = "cpu", grad_clip: float | None = 1.0,
                  callbacks: list[Callback] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  find_unused_parameters: bool = False):
-        self.params = [p for p in params if p.requires_grad]
+        # `params`: parameters, or torch param groups ({"params": [...], "lr": ...}) where parts of
+        # one coupled model learn at their own rates (the generator's gen_lr).
+        groups = list(params)
+        if groups and isinstance(groups[0], dict):
+            groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+            groups = [g for g in groups if g["params"]]
+        else:
+            groups = [{"params": [p for p in groups if p.requires_grad]}]
+        self.params = [p for g in groups for p in g["params"]]
         self.find_unused_parameters = find_unused_parameters  # DDP only: see distributed.wrap
         # Adam with the paper's learning rate (sec. 4.2); one optimiser over everything that is coupled.
-        self.optimizer = optimizer or torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = optimizer or torch.optim.Adam(groups, lr=lr)
         self.amp_bf16, self.device, self.grad_clip = amp_bf16, device, grad_clip
         self.callbacks = list(callbacks or [])
         self.step = 0

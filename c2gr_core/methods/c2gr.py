@@ -6,15 +6,15 @@ import torch
 
 from .. import distributed
 from ..coupled import C2GRModel, PairBatch, coupled_loss
-from ..diffusion import make_scheduler, sample_pairs
-from ..replay import ReplayStore
+from ..diffusion import sample_pairs
 from ..trainer import Trainer
 from . import register
 from .base import Method, StreamContext, epoch_batches, steps_per_epoch
+from .generative import GenerativeReplay
 
 
 @register("c2gr")
-class C2GR(Method):
+class C2GR(GenerativeReplay, Method):
     """Generative replay of image-mask pairs with segmentor and denoiser coupled by one prompt."""
 
     objective = "bjd"     # eq. 3
@@ -25,40 +25,40 @@ class C2GR(Method):
         super().__init__(ctx)
         self.model = C2GRModel(ctx.cfg, ctx.c_max, ctx.emb, coupled=self.coupled,
                                objective=self.objective).to(ctx.device)
-        # Training uses the K-step forward process; the sampler only changes the reverse process.
-        self.scheduler = make_scheduler(ctx.cfg.diffusion, "ddpm")
-        self.store = ReplayStore(ctx.work_dir / "replay")
-        self.train_sizes: dict[int, int] = {}
+        self.init_generator(self.model.denoiser)
         self.seen = -1
 
     def modules(self):
-        return {"model": self.model}
+        return {"model": self.model, **self.generator_modules()}
 
     def extra_state(self) -> dict:
-        return {"train_sizes": {str(k): v for k, v in self.train_sizes.items()}, "seen": self.seen}
+        return {**super().extra_state(), "seen": self.seen}
 
     def load_extra_state(self, state: dict) -> None:
-        self.train_sizes = {int(k): int(v) for k, v in state.get("train_sizes", {}).items()}
+        super().load_extra_state(state)
         self.seen = int(state.get("seen", -1))
 
     # --- round hooks ---------------------------------------------------------------------
     @torch.no_grad()
-    def replay(self, t: int) -> ReplayStore | None:
-        """Stage 1 of sec. 3.3: synthesise pairs for every past task with its prompt."""
-        self.store.clear()
-        if t == 0:
-            return None
+    def synthesise(self, t: int, j: int, n: int, generator: torch.Generator):
         cfg = self.ctx.cfg
         _, z_gen = self.model.prompts(self.ctx.emb, t - 1)  # the prompts as they stood after round t-1
-        for j in range(t):
-            n = cfg.train.replay_per_task or self.train_sizes[j]
-            gen = torch.Generator().manual_seed(self.ctx.round_seed(t, salt=100 + j))
-            images, labels = sample_pairs(self.model.denoiser, z_gen[j], n, cfg.data.image_size, self.model.codec,
-                                          cfg=cfg.diffusion, generator=gen, progress=self.ctx.progress)
-            # A generated label the task does not have cannot be trusted as any of its classes.
-            labels[labels > self.ctx.cards[j].n_classes] = 0
-            self.store.put(j, images, labels)
-        return self.store
+        images, labels = sample_pairs(self.replay_denoiser, z_gen[j], n, cfg.data.image_size, self.model.codec,
+                                      cfg=cfg.diffusion, generator=generator,
+                                      progress=f"replay task {j + 1}/{t}" if self.ctx.progress else False)
+        # A generated label the task does not have cannot be trusted as any of its classes.
+        labels[labels > self.ctx.cards[j].n_classes] = 0
+        return images, labels
+
+    def _param_groups(self, segmentor: bool, generator: bool) -> list[dict]:
+        tc, m = self.ctx.cfg.train, self.model
+        groups = []
+        if segmentor:
+            seg_prompt = list(m.prompt.parameters()) if m.rups else list(m.seg_prompt.parameters())
+            groups.append({"params": list(m.segmentor.parameters()) + seg_prompt, "lr": tc.seg_lr or tc.lr})
+        if generator:
+            groups.append({"params": m.generator_parameters(), "lr": self.gen_lr})
+        return groups
 
     def fit(self, t, data, replay, callbacks=()):
         cfg = self.ctx.cfg
@@ -66,13 +66,18 @@ class C2GR(Method):
         self.train_sizes[t] = len(split)
         self.seen = t
         self.model.train()
+        # Segmentor epochs `epochs`, generator epochs `gen_epochs` (>= epochs): the coupled phase trains
+        # both (eq. 9), then the generator goes on alone; CGR trains them one after the other.
         if self.sequential:
-            phases = [dict(train_segmentor=True, train_generator=False),
-                      dict(train_segmentor=False, train_generator=True)]
+            phases = [(dict(train_segmentor=True, train_generator=False), cfg.train.epochs),
+                      (dict(train_segmentor=False, train_generator=True), self.gen_epochs)]
         else:
-            phases = [dict(train_segmentor=True, train_generator=True)]
+            phases = [(dict(train_segmentor=True, train_generator=True), cfg.train.epochs),
+                      (dict(train_segmentor=False, train_generator=True), self.gen_epochs - cfg.train.epochs)]
         history: dict = {}
-        for i, phase in enumerate(phases):
+        for i, (phase, epochs) in enumerate(phases):
+            if epochs == 0:
+                continue
             rng = np.random.default_rng(self.ctx.round_seed(t, salt=1 + i))
             rep_rng = distributed.rank_generator(rng)  # under DDP each rank replays different pairs
 
@@ -84,16 +89,21 @@ class C2GR(Method):
                     rep = replay.sample(cfg.train.batch_size, rng=rep_rng) if replay is not None else None
                     yield cur, (PairBatch(rep.images, rep.masks, rep.tasks) if rep is not None else None)
 
-            def step(b):
-                return coupled_loss(self.model, self.ctx.emb, t, b[0], b[1], self.scheduler,
-                                    self.ctx.n_classes, **phase)
+            # A prompt shared with the segmentor (RUPS) learns only while the segmentor does.
+            train_prompt = phase["train_segmentor"] or not self.model.rups
 
-            # A sequential phase leaves the other network's parameters without gradients: DDP must look for them.
-            trainer = Trainer(self.model.parameters(), lr=cfg.train.lr, amp_bf16=cfg.train.amp_bf16,
-                              device=str(self.ctx.device), callbacks=list(callbacks),
-                              find_unused_parameters=self.sequential)
-            hist = trainer.fit(step, batches, cfg.train.epochs, steps_per_epoch(len(split), cfg.train.batch_size))
-            history.update(hist)
+            def step(b, phase=phase, train_prompt=train_prompt):
+                return coupled_loss(self.model, self.ctx.emb, t, b[0], b[1], self.scheduler,
+                                    self.ctx.n_classes, train_prompt=train_prompt, **phase)
+
+            groups = self._param_groups(phase["train_segmentor"], phase["train_generator"])
+            cbs = list(callbacks) + (self.generator_callbacks() if phase["train_generator"] else [])
+            # A phase that trains one network only leaves the other's parameters without gradients.
+            trainer = Trainer(groups, lr=cfg.train.lr, amp_bf16=cfg.train.amp_bf16, device=str(self.ctx.device),
+                              callbacks=cbs, find_unused_parameters=self.sequential)
+            hist = trainer.fit(step, batches, epochs, steps_per_epoch(len(split), cfg.train.batch_size))
+            for k, v in hist.items():
+                history.setdefault(k, []).extend(v)
         return history
 
     @torch.no_grad()

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..config import DenoiserConfig, DiffusionConfig
+from ..config import DenoiserConfig
 from ..coupled import prompt_pool
-from ..diffusion import add_noise, ddim_step, ddpm_step, make_scheduler, timestep_grid
+from ..diffusion import image_loss, reverse_chain
 from ..models.denoiser import Denoiser
-from ..replay import ReplayStore
 from ..rups import PlainPrompt
 from ..trainer import Trainer
 from . import register
 from .base import SegmentorMethod, epoch_batches, steps_per_epoch
+from .generative import GenerativeReplay
 
 
 class ImageDenoiser(nn.Module):
@@ -45,73 +44,19 @@ class ImageDenoiser(nn.Module):
         return self.net(torch.cat([x, dummy], 1), timesteps, prompt)[:, : self.image_channels]
 
 
-def noise_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler) -> torch.Tensor:
-    """The DDPM objective (Ho et al. eq. 14): || eps - eps_theta(x_k, k) ||^2, k ~ U{0..K-1}."""
-    k = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
-    eps = torch.randn_like(x0)
-    return F.mse_loss(denoiser(add_noise(scheduler, x0, eps, k), k, prompt).float(), eps)
-
-
-@torch.no_grad()
-def sample_images(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, cfg: DiffusionConfig,
-                  generator: torch.Generator | None = None, chunk_size: int = 64, progress: bool = False,
-                  image_channels: int = 3) -> torch.Tensor:
-    """n images (n, C, H, W) in [-1, 1] by the reverse process of cfg.sampler / cfg.sample_steps,
-    prompted by one task's zeta (P,); the image-only counterpart of `diffusion.sample_pairs`."""
-    if n < 1:
-        raise ValueError(f"sample_images: n must be >= 1, got {n}")
-    scheduler = make_scheduler(cfg, cfg.sampler)
-    grid = timestep_grid(scheduler, cfg.sample_steps)
-    device = next(denoiser.parameters()).device
-    was_training = denoiser.training
-    denoiser.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(grid) * -(-n // chunk_size), desc=f"GR {cfg.sampler}-{cfg.sample_steps}")
-    out = []
-    try:
-        for start in range(0, n, chunk_size):
-            b = min(chunk_size, n - start)
-            zeta = prompt.to(device).unsqueeze(0).expand(b, -1)
-            # 1. pure noise, drawn on the generator's device so CPU and GPU runs match
-            x = torch.randn((b, image_channels, image_size, image_size), generator=generator,
-                            device=generator.device if generator is not None else device).to(device)
-            # 2. the reverse chain on the sampler's timestep grid
-            for t, t_prev in grid:
-                eps = denoiser(x, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()
-                x = (ddpm_step(scheduler, eps, t, t_prev, x, generator) if cfg.sampler == "ddpm"
-                     else ddim_step(scheduler, eps, t, t_prev, x, 0.0, generator))
-                if bar is not None:
-                    bar.update(1)
-            out.append(x.clamp(-1.0, 1.0))
-    finally:
-        denoiser.train(was_training)
-        if bar is not None:
-            bar.close()
-    return torch.cat(out)
-
-
 @register("gr")
-class GR(SegmentorMethod):
+class GR(GenerativeReplay, SegmentorMethod):
 
     def __init__(self, ctx):
         super().__init__(ctx)
         cfg = ctx.cfg
         self.gen_prompt = PlainPrompt(ctx.emb.e.shape[1], cfg.prompt.node_dim).to(ctx.device)
         self.denoiser = ImageDenoiser(cfg.denoiser, cfg.prompt.node_dim, cfg.prompt.n_tokens).to(ctx.device)
-        self.scheduler = make_scheduler(cfg.diffusion, "ddpm")   # training uses the K-step forward process
-        self.store = ReplayStore(ctx.work_dir / "replay")
-        self.train_sizes: dict[int, int] = {}
+        self.init_generator(self.denoiser)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {**super().modules(), "denoiser": self.denoiser, "gen_prompt": self.gen_prompt}
-
-    def extra_state(self) -> dict:
-        return {"train_sizes": {str(k): v for k, v in self.train_sizes.items()}}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.train_sizes = {int(k): int(v) for k, v in state.get("train_sizes", {}).items()}
+        return {**super().modules(), "denoiser": self.denoiser, "gen_prompt": self.gen_prompt,
+                **self.generator_modules()}
 
     @torch.no_grad()
     def label(self, images: torch.Tensor, task: int, chunk_size: int = 64) -> torch.Tensor:
@@ -119,21 +64,15 @@ class GR(SegmentorMethod):
         return torch.cat([self.predict(images[s:s + chunk_size], task) for s in range(0, len(images), chunk_size)])
 
     @torch.no_grad()
-    def replay(self, t: int) -> ReplayStore | None:
-        self.store.clear()
-        if t == 0:
-            return None
+    def synthesise(self, t: int, j: int, n: int, generator: torch.Generator):
         cfg = self.ctx.cfg
         z_gen = self.gen_prompt(prompt_pool(self.ctx.emb, t - 1))
-        for j in range(t):
-            n = cfg.train.replay_per_task or self.train_sizes[j]
-            gen = torch.Generator().manual_seed(self.ctx.round_seed(t, salt=100 + j))
-            images = sample_images(self.denoiser, z_gen[j], n, cfg.data.image_size, cfg.diffusion,
-                                   generator=gen, progress=self.ctx.progress)
-            # The store keeps float16: label exactly the images that will be replayed.
-            images = images.half().float()
-            self.store.put(j, images, self.label(images, j))
-        return self.store
+        images = reverse_chain(self.replay_denoiser, z_gen[j], n, 3, cfg.data.image_size, cfg=cfg.diffusion,
+                               generator=generator,
+                               progress=f"GR replay task {j + 1}/{t}" if self.ctx.progress else False)
+        # The store keeps float16: label exactly the images that will be replayed.
+        images = images.clamp(-1.0, 1.0).half().float()
+        return images, self.label(images, j)
 
     def fit(self, t, data, replay, callbacks=()):
         tc = self.ctx.cfg.train
@@ -163,19 +102,25 @@ class GR(SegmentorMethod):
         def generator_step(b):
             x, _, rep = b
             z = self.gen_prompt(prompt_pool(self.ctx.emb, t))
-            out = {"gen_cur": noise_loss(self.denoiser, x.to(d), z[t].expand(len(x), -1), self.scheduler)}
+            dc = self.ctx.cfg.diffusion
+            out = {"gen_cur": image_loss(self.denoiser, x.to(d), z[t].expand(len(x), -1), self.scheduler, cfg=dc).total}
             if rep is not None:
-                out["gen_rep"] = noise_loss(self.denoiser, rep.images.to(d), z[rep.tasks.to(d)], self.scheduler)
+                out["gen_rep"] = image_loss(self.denoiser, rep.images.to(d), z[rep.tasks.to(d)], self.scheduler,
+                                            cfg=dc).total
             return {"loss": sum(out.values()), **out}
 
         self.segmentor.train()
         self.denoiser.train()
         history: dict = {}
-        phases = ((solver_step, [self.segmentor, self.seg_prompt], tc.seg_lr or tc.lr),
-                  (generator_step, [self.denoiser, self.gen_prompt], tc.lr))
-        for i, (step, mods, lr) in enumerate(phases):
+        # As in Shin et al., solver first, then generator, each with its own optimiser; the generator
+        # gets the same budget (gen_epochs, gen_lr) and EMA as C2GR's.
+        phases = ((solver_step, [self.segmentor, self.seg_prompt], tc.seg_lr or tc.lr, tc.epochs, []),
+                  (generator_step, [self.denoiser, self.gen_prompt], self.gen_lr, self.gen_epochs,
+                   self.generator_callbacks()))
+        for i, (step, mods, lr, epochs, extra_cbs) in enumerate(phases):
             rng = np.random.default_rng(self.ctx.round_seed(t, salt=1 + i))
             params = [p for m in mods for p in m.parameters()]
-            trainer = Trainer(params, lr=lr, amp_bf16=tc.amp_bf16, device=str(d), callbacks=list(callbacks))
-            history.update(trainer.fit(step, batches(rng), tc.epochs, n_steps))
+            trainer = Trainer(params, lr=lr, amp_bf16=tc.amp_bf16, device=str(d),
+                              callbacks=list(callbacks) + extra_cbs)
+            history.update(trainer.fit(step, batches(rng), epochs, n_steps))
         return history

@@ -86,3 +86,31 @@ def test_memory_quick(tmp_path):
     r = script("memory").main(["--quick", "--tasks", "2", "--out", str(tmp_path / "mem.json")])
     (run,) = r["runs"]
     assert run["n_tasks"] == 2 and run["peak_rss_mib"] >= run["rss_after_imports_mib"] > 50
+
+
+def test_generator_recipes_quick(tmp_path):
+    out = tmp_path / "gr.json"
+    r = script("generator_recipes").main(["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "eps/uniform",
+                                          "v/min_snr", "--objectives", "bjd", "--steps", "2", "4", "--pairs", "4",
+                                          "--ref-steps", "2", "--out", str(out)])
+    assert [(row["recipe"], [c["steps"] for c in row["checkpoints"]]) for row in r["rows"]] == \
+        [("eps/uniform", [2, 4]), ("v/min_snr", [2, 4])]
+    for row in r["rows"]:
+        for c in row["checkpoints"]:
+            for w in ("raw", "ema"):
+                assert 0 <= c[w]["corr_dsc"] <= 1 and c[w]["feature_fid"] >= 0
+                assert math.isclose(sum(c[w]["label_fractions"]), 1.0, rel_tol=1e-3)
+    assert "fundus-a" in r["noise"] and (tmp_path / "gr.png").is_file()
+    # finished rows are skipped on a second call
+    again = script("generator_recipes").main(["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "eps/uniform",
+                                              "--objectives", "bjd", "--steps", "2", "--pairs", "4",
+                                              "--ref-steps", "2", "--out", str(out)])
+    assert len(again["rows"]) == 2
+
+
+def test_replay_drift_reads_every_round_of_a_run(table, tmp_path):
+    out, _ = table
+    r = script("replay_drift").main([str(out / "runs" / "c2gr-s0"), "--ref-steps", "2",
+                                     "--out", str(tmp_path / "drift.json")])
+    (run,) = r["runs"].values()
+    assert run["drift"][0] == [None, None] and 0 <= run["drift"][1][0] <= 1 and run["drift"][1][1] is None

@@ -1,0 +1,224 @@
+"""The training recipe of the generator: v-prediction, min-SNR weighting, EMA (diffusion.py).
+
+Expected values are hand computations: abar_k from a loop over the betas, v and the weights from
+their definitions in Python floats, losses as explicit sums over samples; the samplers are checked
+against oracles that know the clean pair.
+"""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from c2gr_core.config import DiffusionConfig
+from c2gr_core.diffusion import (MaskCodec, NoiseDraws, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss,
+                                 reverse_chain, sample_pairs, snr_weights, x0_and_eps)
+from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
+
+V_MIN_SNR = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)
+
+
+def hand_v(x0, eps, k):
+    """v_i = sqrt(abar_k_i) eps_i - sqrt(1 - abar_k_i) x0_i, sample by sample."""
+    return torch.stack([math.sqrt(ABAR[int(ki)]) * eps[i] - math.sqrt(1 - ABAR[int(ki)]) * x0[i]
+                        for i, ki in enumerate(k)])
+
+
+def hand_weight(k: int, prediction: str, weighting: str, gamma: float = 5.0) -> float:
+    if weighting == "uniform":
+        return 1.0
+    snr = ABAR[k] / (1 - ABAR[k])
+    return min(snr, gamma) / (snr if prediction == "eps" else snr + 1)
+
+
+def hand_loss(preds, targets, k, prediction, weighting) -> float:
+    """(1/B) sum_i w(k_i) * mean over sample i's elements of (pred - target)^2."""
+    total = 0.0
+    for i, ki in enumerate(k):
+        per = float(((preds[i] - targets[i]) ** 2).sum()) / preds[i].numel()
+        total += hand_weight(int(ki), prediction, weighting) * per
+    return total / len(k)
+
+
+# ----------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_by_hand(prediction):
+    sched = make_scheduler(DiffusionConfig())
+    k = torch.tensor([0, 10, 60, 200, 500, 999])
+    w = snr_weights(sched, k, prediction, "min_snr", 5.0)
+    for ki, wi in zip(k.tolist(), w.tolist()):
+        # MONAI keeps abar in float32: 1 - abar_0 = 1e-4 carries ~1e-4 relative rounding
+        assert wi == pytest.approx(hand_weight(ki, prediction, "min_snr"), rel=5e-4), ki
+    # where SNR <= gamma (large k) the eps weight is 1 and the v weight SNR / (SNR + 1); small k are damped
+    assert w[-1].item() == pytest.approx(1.0 if prediction == "eps" else ABAR[999], rel=1e-3)
+    assert w[0].item() < 0.01
+    assert torch.equal(snr_weights(sched, k, prediction, "uniform", 5.0), torch.ones(6))
+
+
+# ------------------------------------------------------------------------------ losses
+@pytest.mark.parametrize("prediction, weighting", [("v", "uniform"), ("eps", "min_snr"), ("v", "min_snr")])
+def test_njd_loss_under_each_recipe_by_hand(prediction, weighting):
+    x0, y0, prompt = _pair(5)
+    g = torch.Generator().manual_seed(2)
+    k = torch.tensor([3, 250, 940])
+    ex, ey = torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g)
+    den = Recorder()
+    cfg = DiffusionConfig(prediction=prediction, loss_weighting=weighting)
+    loss = njd_loss(den, x0, y0, prompt, make_scheduler(cfg), draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
+    pred = 0.5 * torch.cat([xk, yk], 1) + 0.1
+    tgt = (torch.cat([hand_v(x0, ex, k), hand_v(y0, ey, k)], 1) if prediction == "v"
+           else torch.cat([ex, ey], 1))
+    assert loss.total.item() == pytest.approx(hand_loss(pred, tgt, k, prediction, weighting), rel=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
+def test_bjd_loss_under_v_by_hand_clean_half_target_is_v_without_noise(weighting):
+    x0, y0, prompt = _pair(6)
+    g = torch.Generator().manual_seed(4)
+    k = torch.tensor([1, 500, 999])
+    ex, ey = torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g)
+    cfg = DiffusionConfig(prediction="v", loss_weighting=weighting)
+    loss = bjd_loss(Recorder(), x0, y0, prompt, make_scheduler(cfg), draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
+    vx, vy = hand_v(x0, ex, k), hand_v(y0, ey, k)
+    # "no noise on this half": v with eps = 0, i.e. -sqrt(1 - abar_k) * clean
+    cx = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * x0[i] for i, ki in enumerate(k)])
+    cy = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * y0[i] for i, ki in enumerate(k)])
+    inputs = [torch.cat([xk, yk], 1), torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
+    targets = [torch.cat([vx, vy], 1), torch.cat([vx, cy], 1), torch.cat([cx, vy], 1)]
+    expected = [hand_loss(0.5 * i + 0.1, t, k, "v", weighting) for i, t in zip(inputs, targets)]
+    for name, e in zip(("joint", "image_given_mask", "mask_given_image"), expected):
+        assert loss.terms[name].item() == pytest.approx(e, rel=1e-5), name
+    assert loss.total.item() == pytest.approx(sum(expected), rel=1e-5)
+
+
+class VOracle(nn.Module):
+    """Knows (x0, y0, eps) and answers in v: the true v of a noisy part, -sqrt(1 - abar) * clean for a
+    part that equals the clean data (no noise), or, with no noise given, the v implied by x_t and x0."""
+
+    def __init__(self, x0, y0=None, ex=None, ey=None):
+        super().__init__()
+        self.x0, self.y0, self.ex, self.ey = x0, y0, ex, ey
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, xy, t, prompt):
+        a = torch.tensor([ABAR[int(ti)] for ti in t]).view(-1, 1, 1, 1)
+        if self.ex is None:  # sampling: eps = (x_t - sqrt(a) x0) / sqrt(1 - a), then v from its definition
+            x0 = self.x0[: xy.shape[0]]
+            eps = (xy - a.sqrt() * x0) / (1 - a).sqrt()
+            return a.sqrt() * eps - (1 - a).sqrt() * x0
+        n = xy.shape[0] // self.x0.shape[0]
+        x0, y0, ex, ey = (v.repeat(n, 1, 1, 1) for v in (self.x0, self.y0, self.ex, self.ey))
+        clean_x = (xy[:, :3] == x0).flatten(1).all(1).view(-1, 1, 1, 1)
+        clean_y = (xy[:, 3:] == y0).flatten(1).all(1).view(-1, 1, 1, 1)
+        vx = torch.where(clean_x, -(1 - a).sqrt() * x0, a.sqrt() * ex - (1 - a).sqrt() * x0)
+        vy = torch.where(clean_y, -(1 - a).sqrt() * y0, a.sqrt() * ey - (1 - a).sqrt() * y0)
+        return torch.cat([vx, vy], 1)
+
+
+def test_bjd_v_oracle_has_zero_loss():
+    x0, y0, prompt = _pair(7)
+    g = torch.Generator().manual_seed(0)
+    draws = NoiseDraws(torch.tensor([10, 500, 990]), torch.randn(x0.shape, generator=g),
+                       torch.randn(y0.shape, generator=g))
+    loss = bjd_loss(VOracle(x0, y0, draws.eps_x, draws.eps_y), x0, y0, prompt, make_scheduler(V_MIN_SNR),
+                    draws=draws, cfg=V_MIN_SNR)
+    assert loss.total.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_image_loss_under_v_min_snr_by_hand():
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(B, 3, H, H, generator=g) * 2 - 1
+    den = Recorder()
+    loss = image_loss(den, x0, torch.randn(B, P), make_scheduler(V_MIN_SNR), generator=torch.Generator().manual_seed(9),
+                      cfg=V_MIN_SNR)
+    g = torch.Generator().manual_seed(9)  # documented order: k, then eps
+    k = torch.randint(0, 1000, (B,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    (xk, t, _), = den.calls
+    assert torch.equal(t, k) and torch.allclose(xk, hand_noisy(x0, eps, k), atol=1e-5)
+    expected = hand_loss(0.5 * hand_noisy(x0, eps, k) + 0.1, hand_v(x0, eps, k), k, "v", "min_snr")
+    assert loss.total.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- samplers
+def test_v_output_reads_as_the_same_x0_and_eps():
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.rand(2, 4, 4, 4, generator=g) * 2 - 1, torch.randn(2, 4, 4, 4, generator=g)
+    for k in (0, 300, 999):
+        a = torch.tensor(ABAR[k])
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        v = hand_v(x0, eps, [k, k])
+        got_x0, got_eps = x0_and_eps(v, xt, a, "v")
+        assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-4), k
+        got_x0, got_eps = x0_and_eps(eps, xt, a, "eps")
+        assert torch.allclose(got_x0, x0, atol=2e-3) and torch.equal(got_eps, eps), k
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 10), ("ddim", 25), ("ddpm", 200)])
+def test_v_oracle_recovers_known_pair(sampler, steps):
+    codec = MaskCodec(M)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, M, (2, H, H), generator=g)
+    x0 = torch.cat([torch.rand(2, 3, H, H, generator=g) * 1.8 - 0.9, codec.encode(labels)], 1)
+    cfg = DiffusionConfig(prediction="v")
+    images, out_labels = sample_pairs(VOracle(x0), torch.zeros(P), 2, H, codec, sampler=sampler, steps=steps,
+                                      cfg=cfg, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(images, x0[:, :3], atol=1e-4)
+    assert torch.equal(out_labels, labels)
+
+
+@pytest.mark.parametrize("step", ["ddim", "ddpm"])
+def test_one_step_to_the_end_reads_the_output_as_configured(step):
+    """From x_500 a last step (t_prev = -1) returns the predicted x0: exact when the oracle's v is read
+    as v, far off when the same numbers are read as eps."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 3, H, H, generator=g) * 1.8 - 0.9
+    xt = math.sqrt(ABAR[500]) * x0 + math.sqrt(1 - ABAR[500]) * torch.randn(x0.shape, generator=g)
+    v = VOracle(x0)(xt, torch.tensor([500, 500]), None)
+    sched = make_scheduler(DiffusionConfig(), step)
+    fn = ddim_step if step == "ddim" else ddpm_step
+    assert torch.allclose(fn(sched, v, 500, -1, xt, prediction="v"), x0, atol=1e-5)
+    assert (fn(sched, v, 500, -1, xt, prediction="eps") - x0).abs().mean() > 0.1
+
+
+def test_reverse_chain_is_the_pair_sampler_for_any_channel_count():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(3, 3, H, H, generator=g) * 1.8 - 0.9   # images only, as GR samples them
+    out = reverse_chain(VOracle(x0), torch.zeros(P), 3, 3, H, sampler="ddim", steps=10,
+                        cfg=DiffusionConfig(prediction="v"))
+    assert out.shape == (3, 3, H, H) and torch.allclose(out, x0, atol=1e-4)
+    with pytest.raises(ValueError, match="sampler"):
+        reverse_chain(VOracle(x0), torch.zeros(P), 1, 3, H, sampler="euler")
+
+
+# -------------------------------------------------------------------------------- EMA
+def test_ema_follows_the_exponential_average_by_hand():
+    net = nn.Linear(3, 2)
+    ema = make_ema(net, 0.9)
+    assert make_ema(net, 0.0) is None
+    assert not any(p.requires_grad for p in ema.parameters())
+    hand = None
+    for step in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(float(step + 1))
+        ema.update_parameters(net)
+        cur = [p.detach().clone() for p in net.parameters()]
+        # the first update copies the weights; then ema <- 0.9 ema + 0.1 w
+        hand = cur if hand is None else [0.9 * h + 0.1 * c for h, c in zip(hand, cur)]
+    for h, e in zip(hand, ema.module.parameters()):
+        assert torch.allclose(h, e, atol=1e-6)
+    # state_dict round trip (what the round checkpoint stores)
+    again = make_ema(nn.Linear(3, 2), 0.9)
+    again.load_state_dict(ema.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(again.module.parameters(), ema.module.parameters()))
+    assert int(again.n_averaged) == 4
+
+
+@pytest.mark.parametrize("field, value", [("prediction", "x0"), ("loss_weighting", "p2"), ("snr_gamma", 0),
+                                          ("ema_decay", 1.0), ("ema_decay", True)])
+def test_bad_recipe_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        make_scheduler(DiffusionConfig(**{field: value}))
