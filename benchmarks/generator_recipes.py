@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
+from c2gr_core.cli import apply_overrides  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.coupled import C2GRModel  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_ema, make_scheduler, njd_loss, sample_pairs  # noqa: E402
@@ -90,8 +91,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--objectives", nargs="+", default=["bjd", "njd"], choices=["bjd", "njd"])
     ap.add_argument("--steps", nargs="+", type=int, default=[125, 250, 500, 1000])
     ap.add_argument("--preset", default="bench")
-    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--ema", type=float, nargs="+", default=[0.995],
+                    help="EMA decays kept side by side; the first is reported as 'ema', others as 'ema_<decay>'")
     ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--gen-lr", type=float, default=None, help="default: the preset's train.gen_lr (else lr)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a preset value, as `c2gr run --set` (e.g. denoiser.channels=[16,32,32])")
     ap.add_argument("--ref-steps", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "generator_recipes.json"))
@@ -102,14 +107,17 @@ def main(argv=None) -> dict:
     done = {(r["task"], r["objective"], r["recipe"]) for r in result["rows"]}
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
-    base = preset(args.preset)
+    base = apply_overrides(preset(args.preset), args.set)
     base.prompt.encoder = "minilm"
+    if args.gen_lr is not None:
+        base.train.gen_lr = args.gen_lr
     cards = [get_card(t) for t in args.tasks]
     ctx = method_context(base, cards)
     c_max = ctx.c_max
-    result["config"] = {"preset": args.preset, "denoiser_channels": list(base.denoiser.channels),
+    result["config"] = {"preset": args.preset, "overrides": args.set, "denoiser_channels": list(base.denoiser.channels),
                         "lr": base.train.gen_lr or base.train.lr, "batch_size": base.train.batch_size,
-                        "sampler": f"{base.diffusion.sampler}-{base.diffusion.sample_steps}", "ema": args.ema,
+                        "sampler": f"{base.diffusion.sampler}-{base.diffusion.sample_steps}", "ema": args.ema[0],
+                        "ema_alternatives": args.ema[1:],
                         "pairs": args.pairs, "snr_gamma": base.diffusion.snr_gamma, "threads": args.threads,
                         "steps": sorted(args.steps)}
     for k, card in enumerate(cards):
@@ -140,7 +148,7 @@ def main(argv=None) -> dict:
                 with torch.no_grad():
                     zeta = model.prompts(ctx.emb, len(cards) - 1)[1][k].detach()  # fixed: only the denoiser learns
                 den = model.denoiser.train()
-                ema = make_ema(den, args.ema)
+                emas = {("ema" if i == 0 else f"ema_{d}"): make_ema(den, d) for i, d in enumerate(args.ema)}
                 opt = torch.optim.AdamW(den.parameters(), lr=cfg.train.gen_lr or cfg.train.lr)
                 sched = make_scheduler(cfg.diffusion, "ddpm")
                 loss_fn = bjd_loss if objective == "bjd" else njd_loss
@@ -156,19 +164,20 @@ def main(argv=None) -> dict:
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(den.parameters(), 1.0)
                         opt.step()
-                        ema.update_parameters(den)
+                        for ema in emas.values():
+                            ema.update_parameters(den)
                         step += 1
                     t_train += time.perf_counter() - t0
                     row = {"steps": step, "loss": float(loss.detach()), "train_s": round(t_train, 1)}
-                    for name, net in (("raw", den), ("ema", ema.module)):
+                    for name, net in (("raw", den), *((k, e.module) for k, e in emas.items())):
                         images, labels = sample_pairs(net, zeta, args.pairs, cfg.data.image_size, model.codec,
                                                       cfg=cfg.diffusion, generator=torch.Generator().manual_seed(1))
                         row[name] = score(images, labels, ref, k, n_cls, real_test, feats, c_max)
                     den.train()
                     checkpoints.append(row)
-                    log(f"{card.name} {objective} {recipe} {step:5d} steps ({t_train:.0f} s)  corr-DSC raw "
-                        f"{row['raw']['corr_dsc']:.3f} ema {row['ema']['corr_dsc']:.3f}  feature-FID raw "
-                        f"{row['raw']['feature_fid']:.2f} ema {row['ema']['feature_fid']:.2f}")
+                    log(f"{card.name} {objective} {recipe} {step:5d} steps ({t_train:.0f} s)  corr-DSC " +
+                        "  ".join(f"{w} {row[w]['corr_dsc']:.3f}" for w in ("raw", *emas)) + "  feature-FID " +
+                        "  ".join(f"{w} {row[w]['feature_fid']:.1f}" for w in ("raw", *emas)))
                 result["rows"].append({"task": card.name, "objective": objective, "recipe": recipe,
                                        "checkpoints": checkpoints})
                 write_json(result, out)

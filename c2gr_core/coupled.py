@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
-from .diffusion import MaskCodec, bjd_loss, njd_loss
+from .diffusion import MaskCodec, Teacher, bjd_loss, njd_loss
 from .losses import seg_loss
 from .models.denoiser import Denoiser
 from .models.segmentor import PromptedUNet
@@ -80,19 +80,22 @@ class C2GRModel(nn.Module):
         own = [] if self.rups else list(self.gen_prompt.parameters())
         return list(self.denoiser.parameters()) + own
 
-    def diffusion_loss(self, x, y_labels, prompt, scheduler):
+    def diffusion_loss(self, x, y_labels, prompt, scheduler, teacher: Teacher | None = None):
         y0 = self.codec.encode(y_labels)
         fn = bjd_loss if self.objective == "bjd" else njd_loss
-        return fn(self.denoiser, x, y0, prompt, scheduler, cfg=self.diffusion_cfg).total
+        return fn(self.denoiser, x, y0, prompt, scheduler, cfg=self.diffusion_cfg, teacher=teacher).total
 
 
 def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,
                  scheduler, n_classes: torch.Tensor, train_segmentor: bool = True,
-                 train_generator: bool = True, train_prompt: bool = True) -> dict[str, torch.Tensor]:
+                 train_generator: bool = True, train_prompt: bool = True,
+                 teacher: tuple[nn.Module, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """L = L_ME + L_MU (eq. 9) on one current-task batch and one replay batch.
 
     train_prompt=False computes the prompts without gradient (a generator-only phase of C2GR must not
-    move the shared RUPS prompts away from those the segmentor was trained with).
+    move the shared RUPS prompts away from those the segmentor was trained with). `teacher`
+    (frozen denoiser, its (t, P) prompts) makes the replay batch's diffusion term distil it
+    (diffusion.replay_target = "teacher"; see diffusion.Teacher).
 
     The replay batch is stratified over past tasks (ReplayStore.sample), so its mean loss is an
     unbiased estimate of the 1/(t-1) sum over replay sets in eq. 7-8.
@@ -109,7 +112,8 @@ def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBat
         if train_segmentor:
             out[f"seg_{name}"] = seg_loss(model.segmentor(x, z_seg[k]), y, n_classes[k], groups=k)
         if train_generator:
-            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler)
+            distil = Teacher(teacher[0], teacher[1][k]) if teacher is not None and name == "rep" else None
+            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil)
     me = sum(v for k, v in out.items() if k.startswith("seg_"))
     mu = sum(v for k, v in out.items() if k.startswith("gen_"))
     return {"loss": me + mu, "L_ME": torch.as_tensor(me), "L_MU": torch.as_tensor(mu), **out}

@@ -40,6 +40,7 @@ SCHEDULES = ("linear_beta", "scaled_linear_beta")
 MASK_CODES = ("onehot",)
 PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("uniform", "min_snr")
+REPLAY_TARGETS = ("data", "teacher")
 
 
 # ---------------------------------------------------------------------------------- mask code
@@ -114,6 +115,8 @@ def check_recipe(cfg: DiffusionConfig) -> None:
         raise ValueError(f"DiffusionConfig.loss_weighting: unknown {cfg.loss_weighting!r}; allowed: {list(WEIGHTINGS)}")
     if isinstance(cfg.snr_gamma, bool) or not isinstance(cfg.snr_gamma, (int, float)) or not cfg.snr_gamma > 0:
         raise ValueError(f"DiffusionConfig.snr_gamma must be a number > 0, got {cfg.snr_gamma!r}")
+    if cfg.replay_target not in REPLAY_TARGETS:
+        raise ValueError(f"DiffusionConfig.replay_target: unknown {cfg.replay_target!r}; allowed: {list(REPLAY_TARGETS)}")
     if isinstance(cfg.ema_decay, bool) or not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"DiffusionConfig.ema_decay must be a number in [0, 1) (0: no EMA), got {cfg.ema_decay!r}")
 
@@ -176,6 +179,23 @@ class NoiseDraws:
 
 
 @dataclass
+class Teacher:
+    """A frozen copy of the generator as a round began, and the prompts it was trained with.
+
+    With `replay_target = "teacher"` the loss on replayed pairs regresses the teacher's outputs on the
+    same noised inputs instead of the analytic targets (generative distillation, Masip et al. 2023):
+    the generator is asked to keep the function that produced the replay, not to re-learn the
+    replay's pixels, whose errors would otherwise be learnt again every round."""
+    denoiser: nn.Module
+    prompt: torch.Tensor   # (B, P): the teacher's prompt for each pair
+
+
+def _teacher_out(teacher: Teacher, inputs: torch.Tensor, k: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher.denoiser(inputs, k, teacher.prompt.repeat(repeat, 1)).float()
+
+
+@dataclass
 class JointLoss:
     """`total` carries the gradient; `terms` are detached per-term values for logging."""
     total: torch.Tensor
@@ -214,7 +234,7 @@ def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> tor
 
 def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              generator: torch.Generator | None = None, draws: NoiseDraws | None = None,
-             cfg: DiffusionConfig | None = None) -> JointLoss:
+             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None) -> JointLoss:
     """Naive joint diffusion, eq. (1): || [eps_x, eps_y] - eps_theta([x_k, y_k], k) ||^2.
 
     The squared norm is the mean squared error over all elements (batch, channels, pixels). With
@@ -228,6 +248,8 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     pred = denoiser(torch.cat([xk, yk], 1), d.k, prompt)
     a = _abar(scheduler, d.k, x0)
     tgt = torch.cat([target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)], 1)
+    if teacher is not None:
+        tgt = _teacher_out(teacher, torch.cat([xk, yk], 1), d.k)
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     loss = _weighted_mse(pred, tgt, w)
     return JointLoss(loss, {"joint": loss.detach()})
@@ -235,7 +257,8 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
 
 def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              batched: bool = True, generator: torch.Generator | None = None,
-             draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None) -> JointLoss:
+             draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None,
+             teacher: Teacher | None = None) -> JointLoss:
     """Bayesian joint diffusion, eq. (3): the joint term of eq. (1) plus two conditional terms
 
         || [eps_x, 0] - eps_theta([x_k, y_0], k) ||^2    image denoised with the clean mask as reference
@@ -250,7 +273,8 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     -sqrt(1 - abar_k) * clean: the same definition as for a noisy part, and the direct analogue of
     eq. 3's zero under eps. (The other reading, "a v that the sampler would decode into eps = 0",
     is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
-    The per-sample weights of cfg.loss_weighting apply to all three terms alike.
+    The per-sample weights of cfg.loss_weighting apply to all three terms alike. With a `teacher`
+    the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
     """
     cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
@@ -262,6 +286,8 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     cx = target(cfg.prediction, x0, torch.zeros_like(d.eps_x), a)   # clean image: no noise on this half
     cy = target(cfg.prediction, y0, torch.zeros_like(d.eps_y), a)   # clean mask: no noise on this half
     targets = [torch.cat([tx, ty], 1), torch.cat([tx, cy], 1), torch.cat([cx, ty], 1)]
+    if teacher is not None:
+        targets = list(_teacher_out(teacher, torch.cat(inputs, 0), d.k.repeat(3), repeat=3).chunk(3, dim=0))
     if batched:
         preds = denoiser(torch.cat(inputs, 0), d.k.repeat(3), prompt.repeat(3, 1)).chunk(3, dim=0)
     else:
@@ -274,7 +300,8 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
 
 
 def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler,
-               generator: torch.Generator | None = None, cfg: DiffusionConfig | None = None) -> JointLoss:
+               generator: torch.Generator | None = None, cfg: DiffusionConfig | None = None,
+               teacher: Teacher | None = None) -> JointLoss:
     """The image-only objective of GR (Ho et al. eq. 14 under the same recipe): || eps - eps_theta(x_k, k) ||^2."""
     cfg = cfg or DiffusionConfig()
     if x0.ndim != 4:
@@ -283,9 +310,11 @@ def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, sche
     k = torch.randint(0, int(scheduler.num_train_timesteps), (x0.shape[0],), generator=generator,
                       device=gdev).to(x0.device)
     eps = _randn(x0.shape, generator, x0.device)
-    pred = denoiser(add_noise(scheduler, x0, eps, k), k, prompt)
+    xk = add_noise(scheduler, x0, eps, k)
+    pred = denoiser(xk, k, prompt)
     w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
-    loss = _weighted_mse(pred, target(cfg.prediction, x0, eps, _abar(scheduler, k, x0)), w)
+    tgt = target(cfg.prediction, x0, eps, _abar(scheduler, k, x0)) if teacher is None else _teacher_out(teacher, xk, k)
+    loss = _weighted_mse(pred, tgt, w)
     return JointLoss(loss, {"image": loss.detach()})
 
 

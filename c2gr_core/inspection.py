@@ -81,6 +81,18 @@ def pairs_quality(pairs: dict, reference: Method, real: dict) -> list[dict]:
     return rows
 
 
+def noise_pairs(real_masks: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The floor a generator must beat: n pairs of uniform-noise images in [-1, 1] with masks drawn
+    pixel by pixel from the real masks' label fractions (what a generator that learnt only the
+    label histogram would give). Score them with `pairs_quality` like generated pairs."""
+    real_masks = np.asarray(real_masks)
+    g = np.random.default_rng(seed)
+    frac = np.bincount(real_masks.ravel(), minlength=int(real_masks.max()) + 1) / real_masks.size
+    size = real_masks.shape[-2:]
+    images = g.uniform(-1, 1, (int(n), 3, *size)).astype(np.float32)
+    return images, g.choice(len(frac), (int(n), *size), p=frac).astype(np.uint8)
+
+
 # ------------------------------------------------------------------ replay kept by a run
 def replay_samples(run_dir: str | os.PathLike) -> dict[int, dict[int, Path]]:
     """{round: {task index: samples/round_XX/task_YY.npz}} of the replayed pairs a run kept

@@ -40,9 +40,13 @@ class C2GR(GenerativeReplay, Method):
 
     # --- round hooks ---------------------------------------------------------------------
     @torch.no_grad()
+    def generator_prompts(self, t: int) -> torch.Tensor:
+        return self.model.prompts(self.ctx.emb, t)[1]
+
+    @torch.no_grad()
     def synthesise(self, t: int, j: int, n: int, generator: torch.Generator):
         cfg = self.ctx.cfg
-        _, z_gen = self.model.prompts(self.ctx.emb, t - 1)  # the prompts as they stood after round t-1
+        z_gen = self.generator_prompts(t - 1)  # the prompts as they stood after round t-1
         images, labels = sample_pairs(self.replay_denoiser, z_gen[j], n, cfg.data.image_size, self.model.codec,
                                       cfg=cfg.diffusion, generator=generator,
                                       progress=f"replay task {j + 1}/{t}" if self.ctx.progress else False)
@@ -94,7 +98,7 @@ class C2GR(GenerativeReplay, Method):
 
             def step(b, phase=phase, train_prompt=train_prompt):
                 return coupled_loss(self.model, self.ctx.emb, t, b[0], b[1], self.scheduler,
-                                    self.ctx.n_classes, train_prompt=train_prompt, **phase)
+                                    self.ctx.n_classes, train_prompt=train_prompt, teacher=self.teacher, **phase)
 
             groups = self._param_groups(phase["train_segmentor"], phase["train_generator"])
             cbs = list(callbacks) + (self.generator_callbacks() if phase["train_generator"] else [])

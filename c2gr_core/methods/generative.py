@@ -9,9 +9,13 @@ not, never a better generator for one of them:
 - an EMA of the denoiser weights (`diffusion.ema_decay` > 0), updated after every optimiser step
   and kept across rounds, samples the replay; it is saved in the round checkpoint;
 - `replay(t)` draws `replay_per_task` (default: the task's training-set size, sec. 4.2) samples
-  for every past task through `diffusion.reverse_chain`, each task from its own seeded generator.
+  for every past task through `diffusion.reverse_chain`, each task from its own seeded generator;
+- with `diffusion.replay_target = "teacher"` the generator's loss on replayed pairs distils the
+  generator as the round began (`self.teacher`) instead of regressing the pairs' analytic targets.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -60,6 +64,7 @@ class GenerativeReplay:
         make_scheduler(cfg.diffusion, cfg.diffusion.sampler)  # a bad sampler fails now, not at round 2
         self.store = ReplayStore(self.ctx.work_dir / "replay")
         self.train_sizes: dict[int, int] = {}
+        self.teacher: tuple[nn.Module, torch.Tensor] | None = None
 
     @property
     def replay_denoiser(self) -> nn.Module:
@@ -78,6 +83,10 @@ class GenerativeReplay:
     def load_extra_state(self, state: dict) -> None:
         self.train_sizes = {int(k): int(v) for k, v in state.get("train_sizes", {}).items()}
 
+    def generator_prompts(self, t: int) -> torch.Tensor:
+        """(t + 1, P) prompts the generator gives tasks 0..t after round t."""
+        raise NotImplementedError
+
     def synthesise(self, t: int, j: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -85,8 +94,13 @@ class GenerativeReplay:
     def replay(self, t: int) -> ReplayStore | None:
         """Stage 1 of sec. 3.3: synthesise pairs for every past task."""
         self.store.clear()
+        self.teacher = None
         if t == 0:
             return None
+        if self.ctx.cfg.diffusion.replay_target == "teacher":
+            # The generator as it stands now (the weights that sample the replay) teaches this round.
+            net = copy.deepcopy(self.replay_denoiser).eval().requires_grad_(False)
+            self.teacher = (net, self.generator_prompts(t - 1).detach())
         for j in range(t):
             n = self.ctx.cfg.train.replay_per_task or self.train_sizes[j]
             gen = torch.Generator().manual_seed(self.ctx.round_seed(t, salt=100 + j))

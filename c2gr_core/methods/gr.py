@@ -17,7 +17,7 @@ from torch import nn
 from .. import distributed
 from ..config import DenoiserConfig
 from ..coupled import prompt_pool
-from ..diffusion import image_loss, reverse_chain
+from ..diffusion import Teacher, image_loss, reverse_chain
 from ..models.denoiser import Denoiser
 from ..rups import PlainPrompt
 from ..trainer import Trainer
@@ -64,9 +64,13 @@ class GR(GenerativeReplay, SegmentorMethod):
         return torch.cat([self.predict(images[s:s + chunk_size], task) for s in range(0, len(images), chunk_size)])
 
     @torch.no_grad()
+    def generator_prompts(self, t: int) -> torch.Tensor:
+        return self.gen_prompt(prompt_pool(self.ctx.emb, t))
+
+    @torch.no_grad()
     def synthesise(self, t: int, j: int, n: int, generator: torch.Generator):
         cfg = self.ctx.cfg
-        z_gen = self.gen_prompt(prompt_pool(self.ctx.emb, t - 1))
+        z_gen = self.generator_prompts(t - 1)
         images = reverse_chain(self.replay_denoiser, z_gen[j], n, 3, cfg.data.image_size, cfg=cfg.diffusion,
                                generator=generator,
                                progress=f"GR replay task {j + 1}/{t}" if self.ctx.progress else False)
@@ -105,8 +109,10 @@ class GR(GenerativeReplay, SegmentorMethod):
             dc = self.ctx.cfg.diffusion
             out = {"gen_cur": image_loss(self.denoiser, x.to(d), z[t].expand(len(x), -1), self.scheduler, cfg=dc).total}
             if rep is not None:
-                out["gen_rep"] = image_loss(self.denoiser, rep.images.to(d), z[rep.tasks.to(d)], self.scheduler,
-                                            cfg=dc).total
+                k = rep.tasks.to(d)
+                distil = Teacher(self.teacher[0], self.teacher[1][k]) if self.teacher is not None else None
+                out["gen_rep"] = image_loss(self.denoiser, rep.images.to(d), z[k], self.scheduler, cfg=dc,
+                                            teacher=distil).total
             return {"loss": sum(out.values()), **out}
 
         self.segmentor.train()

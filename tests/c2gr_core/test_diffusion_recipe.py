@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig
-from c2gr_core.diffusion import (MaskCodec, NoiseDraws, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss,
+from c2gr_core.diffusion import (MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss,
                                  reverse_chain, sample_pairs, snr_weights, x0_and_eps)
 from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
 
@@ -222,3 +222,33 @@ def test_ema_follows_the_exponential_average_by_hand():
 def test_bad_recipe_is_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_scheduler(DiffusionConfig(**{field: value}))
+
+
+# ------------------------------------------------------------------- replay distillation
+@pytest.mark.parametrize("loss_name", ["njd", "bjd", "image"])
+def test_teacher_outputs_replace_the_targets(loss_name):
+    """replay_target = "teacher": each term regresses the frozen teacher's output on the very input
+    the student sees, prompted by the teacher's own prompt; weights as for data targets."""
+    x0, y0, prompt = _pair(8)
+    teacher_prompt = torch.randn(B, P)
+    student, teacher = Recorder(a=0.5, b=0.1), Recorder(a=-0.3, b=0.2)
+    g = torch.Generator().manual_seed(5)
+    k = torch.tensor([20, 400, 800])
+    draws = NoiseDraws(k, torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g))
+    cfg = V_MIN_SNR
+    sched = make_scheduler(cfg)
+    tch = Teacher(teacher, teacher_prompt)
+    if loss_name == "image":
+        loss = image_loss(student, x0, prompt, sched, generator=torch.Generator().manual_seed(1), cfg=cfg, teacher=tch)
+    else:
+        fn = njd_loss if loss_name == "njd" else bjd_loss
+        loss = fn(student, x0, y0, prompt, sched, draws=draws, cfg=cfg, teacher=tch)
+    (s_in, s_t, s_z), = student.calls
+    (t_in, t_t, t_z), = teacher.calls
+    assert torch.equal(s_in, t_in) and torch.equal(s_t, t_t)          # the same noised inputs and steps
+    reps = s_in.shape[0] // B
+    assert torch.equal(t_z, teacher_prompt.repeat(reps, 1)) and torch.equal(s_z, prompt.repeat(reps, 1))
+    kk = s_t[:B]
+    expected = sum(hand_loss((0.5 * c + 0.1), (-0.3 * c + 0.2), kk, "v", "min_snr") for c in s_in.chunk(reps))
+    assert loss.total.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.total.requires_grad and not any(p.grad is not None for p in teacher.parameters())

@@ -154,3 +154,22 @@ def test_ema_is_in_the_checkpoint_and_resume_is_bit_equal(tmp_path):
             assert torch.equal(v, b["modules"][name][k]), f"{name}.{k}"
     cfg_saved = json.loads((tmp_path / "full" / "config.json").read_text())
     assert cfg_saved["diffusion"]["prediction"] == "v" and cfg_saved["diffusion"]["ema_decay"] == 0.995
+
+
+@pytest.mark.parametrize("method", ["c2gr", "gr"])
+def test_replay_target_teacher_freezes_the_generator_as_the_round_began(method, tmp_path):
+    m, access = build(method, tmp_path, epochs=1)
+    m.ctx.cfg.diffusion.replay_target = "teacher"
+    m.fit(0, access, None)
+    store = m.replay(1)
+    net, prompts = m.teacher
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in m.ema.module.state_dict().items())   # the EMA as it stood
+    assert prompts.shape[0] == 1 and not prompts.requires_grad and not any(p.requires_grad for p in net.parameters())
+    access.begin_round(1)
+    hist = m.fit(1, access, store)
+    assert len(hist["gen_rep"]) > 0 and all(np.isfinite(hist["gen_rep"]))
+    assert all(torch.equal(start[k], v) for k, v in net.state_dict().items())            # never trained
+    m.ctx.cfg.diffusion.replay_target = "data"
+    m.replay(2)
+    assert m.teacher is None
