@@ -18,6 +18,28 @@ from c2gr_core.stream import run_stream
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]
 
 
+class Crash(RuntimeError):
+    """Raised by `crash_in_next_round` to interrupt a run mid-training."""
+
+
+def crash_in_next_round(event, trainer):
+    """A training callback that kills the round it is given to after its first optimiser step."""
+    if event == "on_step_end" and trainer.step == 1:
+        raise Crash
+
+
+def interrupt_and_resume(stream, method, cfg_fn, out, done_rounds: int = 2):
+    """Run `done_rounds` rounds, die mid-training in the next, then resume to the end."""
+    run_stream(stream, method, cfg_fn(), out, progress=False, max_rounds=done_rounds)
+    try:
+        run_stream(stream, method, cfg_fn(), out, progress=False, resume=True, callbacks=[crash_in_next_round])
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    return run_stream(stream, method, cfg_fn(), out, progress=False, resume=True)
+
+
 def small_cfg():
     cfg = preset("tiny")
     cfg.prompt.encoder = "hash"
