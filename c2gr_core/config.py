@@ -67,6 +67,8 @@ class PromptConfig:
     node_dim: int = 32                        # paper: 512
     q_dim: int = 16                           # paper: 256
     rups: bool = True                         # False: the "w/o RUPS" ablation
+    relation_norm: str = "none"               # "none": eq. 4 as written | "row": cosine rows of unit mass (rups.py)
+    residual: bool = False                    # True: zeta_i = n_i + RUPS message (rups.py)
     # Each network maps the prompt to n_tokens cross-attention tokens. With a single token the
     # softmax of eq. 6 is identically 1 and the attention degenerates to adding V*zeta.
     n_tokens: int = 4

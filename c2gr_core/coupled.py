@@ -22,7 +22,7 @@ from .losses import seg_loss
 from .models.denoiser import Denoiser
 from .models.segmentor import PromptedUNet
 from .prompts import TaskEmbeddings
-from .rups import PlainPrompt, PromptGraph
+from .rups import PlainPrompt, prompt_graph
 
 
 def prompt_pool(emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, dict]:
@@ -54,7 +54,7 @@ class C2GRModel(nn.Module):
         self.diffusion_cfg = cfg.diffusion
         E = emb.e.shape[1]
         if self.rups:
-            self.prompt = PromptGraph(E, {s: c.shape[1] for s, c in emb.components.items()}, P, cfg.prompt.q_dim)
+            self.prompt = prompt_graph(cfg.prompt, emb)
         else:
             self.seg_prompt, self.gen_prompt = PlainPrompt(E, P), PlainPrompt(E, P)
 

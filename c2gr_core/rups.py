@@ -17,6 +17,20 @@ task would get the same learned attention row and u1, b no gradient. We read "a 
 computes attention scores between n_i1 and n_i2" as the linear layer applied to one node and
 compared with the other: V_S(n1, n2) = (V_S n1) . n2 / sqrt(node_dim), a bilinear score whose
 softmax differs per row (scaled as in dot-product attention).
+
+Note on task identity (`relation_norm`, `residual`; BENCHMARKS.md, "RUPS prompts"): read literally,
+eq. 4 adds a softmax row (sum 1) to a row of raw cosines (sum about 1 + 0.4 (t - 1) for the
+sentence-encoder components of the 9-task bench stream), so z^S_i is dominated by a near-uniform sum over all
+nodes that grows with t, and the LeakyReLU puts every z^S_i in the positive orthant. Trained on the
+9-task bench stream, the prompts of all nine tasks ended at cosine >= 0.95 (mean 0.99), the
+opposite of Fig. 7, and the segmentor could no longer tell busi from brats-t1. Two options restore
+what Fig. 7 shows; `paper` keeps the literal reading:
+
+- relation_norm = "row": s^S_i. / sum_j |s^S_ij|, so that a^S (eq. 4) is a convex combination of
+  two rows of unit mass and ||z^S_i|| does not grow with the number of tasks;
+- residual = True: zeta_i = n_i + sum_S beta_S z^S_i, the skip connection of graph-attention and
+  transformer layers, so that the relational message refines a task's own node instead of
+  replacing it.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ import torch.nn.functional as F
 from c2gr_core.prompts import SUBSETS, TaskEmbeddings, subset_key
 
 Components = Mapping[tuple[str, ...], torch.Tensor]
+RELATION_NORMS = ("none", "row")
 
 
 def _unpack(emb) -> tuple[torch.Tensor, Components]:
@@ -50,7 +65,8 @@ class PromptGraph(nn.Module):
     """RUPS relation-aware prompt graph; forward(emb) -> zeta (T, node_dim)."""
 
     def __init__(self, embed_dim: int, component_dims: Mapping[tuple[str, ...], int], node_dim: int,
-                 q_dim: int, eta_init: float = 0.5, negative_slope: float = 0.01):
+                 q_dim: int, eta_init: float = 0.5, negative_slope: float = 0.01,
+                 relation_norm: str = "none", residual: bool = False):
         super().__init__()
         if not component_dims:
             raise ValueError(f"component_dims is empty; give a dim for some of {list(SUBSETS)}")
@@ -62,6 +78,11 @@ class PromptGraph(nn.Module):
         for what, v in (("embed_dim", embed_dim), ("node_dim", node_dim), ("q_dim", q_dim)):
             if v < 1:
                 raise ValueError(f"{what} must be >= 1, got {v}")
+        if relation_norm not in RELATION_NORMS:
+            raise ValueError(f"prompt.relation_norm must be one of {RELATION_NORMS}, got {relation_norm!r}")
+        if not isinstance(residual, bool):
+            raise ValueError(f"prompt.residual must be true or false, got {residual!r}")
+        self.relation_norm, self.residual = relation_norm, residual
         # Subgraphs keep the paper's order whatever order the dict came in.
         self.subsets = tuple(s for s in SUBSETS if s in {tuple(k) for k in component_dims})
         self.component_dims = {s: int(component_dims[s]) for s in self.subsets}
@@ -89,7 +110,10 @@ class PromptGraph(nn.Module):
         # scores[i1, i2] = (V_S n_i1) . n_i2 / sqrt(d) for every pair at once (module note).
         scores = self.V[subset_key(subset)](n) @ n.T / math.sqrt(self.node_dim)
         eta = self.eta if eta is None else torch.as_tensor(eta, dtype=n.dtype, device=n.device)
-        return eta * torch.softmax(scores, dim=1) + (1 - eta) * cosine_matrix(component)
+        s = cosine_matrix(component)
+        if self.relation_norm == "row":
+            s = s / s.abs().sum(dim=1, keepdim=True)  # s_ii = 1, so the sum is >= 1
+        return eta * torch.softmax(scores, dim=1) + (1 - eta) * s
 
     def forward(self, emb, return_details: bool = False):
         e, components = self._check(*_unpack(emb))
@@ -102,6 +126,8 @@ class PromptGraph(nn.Module):
         w = (torch.tanh(self.W_q(zs)) @ self.q).mean(dim=1)                    # (|M|,)  eq. 5
         beta = torch.softmax(w, dim=0)
         zeta = (beta[:, None, None] * zs).sum(dim=0)
+        if self.residual:
+            zeta = n + zeta
         if not return_details:
             return zeta
         details = {
@@ -170,7 +196,12 @@ class PlainPrompt(nn.Module):
 
 def build_prompt_module(cfg, emb) -> PromptGraph | PlainPrompt:
     """PromptGraph (cfg.rups) or PlainPrompt sized from `emb` (TaskEmbeddings or (e, components))."""
+    e, _ = _unpack(emb)
+    return prompt_graph(cfg, emb) if cfg.rups else PlainPrompt(e.shape[1], cfg.node_dim)
+
+
+def prompt_graph(cfg, emb) -> PromptGraph:
+    """The RUPS PromptGraph of a PromptConfig, sized from `emb`."""
     e, components = _unpack(emb)
-    if not cfg.rups:
-        return PlainPrompt(e.shape[1], cfg.node_dim)
-    return PromptGraph(e.shape[1], {s: c.shape[1] for s, c in components.items()}, cfg.node_dim, cfg.q_dim)
+    return PromptGraph(e.shape[1], {s: c.shape[1] for s, c in components.items()}, cfg.node_dim, cfg.q_dim,
+                       relation_norm=cfg.relation_norm, residual=cfg.residual)

@@ -54,3 +54,11 @@ def test_tiny_bjd_learns_one_synthetic_task_and_samples_valid_masks():
     assert images.shape == (6, 3, 32, 32) and images.abs().max() <= 1
     assert labels.shape == (6, 32, 32) and labels.dtype == torch.long
     assert int(labels.min()) >= 0 and int(labels.max()) <= 2
+
+
+def test_prompt_identity_options_reach_the_coupled_model():
+    cfg = preset("tiny")
+    cfg.prompt.relation_norm, cfg.prompt.residual = "row", True
+    cards = [get_card("fundus-a"), get_card("mms-a")]
+    model = C2GRModel(cfg, c_max=3, emb=encode_tasks(cards, HashEncoder(dim=32)))
+    assert (model.prompt.relation_norm, model.prompt.residual) == ("row", True)

@@ -21,9 +21,9 @@ def make_inputs(T, seed=0):
     return torch.randn(T, E, generator=g), comps
 
 
-def make_graph(eta_init=0.3, seed=0):
+def make_graph(eta_init=0.3, seed=0, **options):
     torch.manual_seed(seed)
-    return PromptGraph(E, {s: E * len(s) for s in SUBSETS}, NODE, Q, eta_init=eta_init)
+    return PromptGraph(E, {s: E * len(s) for s in SUBSETS}, NODE, Q, eta_init=eta_init, **options)
 
 
 # ---- independent, obvious computations (python loops over scalars)
@@ -33,8 +33,9 @@ def hand_cos(u, v):
     return dot / math.sqrt(sum(float(x) ** 2 for x in u) * sum(float(y) ** 2 for y in v))
 
 
-def hand_attention(graph, n, comp, s, eta):
-    """Eq. 4 with a double loop over (i1, i2); V_S scores a pair as (V_S n_i1) . n_i2 / sqrt(d)."""
+def hand_attention(graph, n, comp, s, eta, row=False):
+    """Eq. 4 with a double loop over (i1, i2); V_S scores a pair as (V_S n_i1) . n_i2 / sqrt(d).
+    row=True: each cosine divided by the sum of |cosine| over its row (relation_norm="row")."""
     W = graph.V[subset_key(s)].weight
     T, d = n.shape
 
@@ -44,18 +45,19 @@ def hand_attention(graph, n, comp, s, eta):
     a = torch.zeros(T, T)
     for i1 in range(T):
         ex = [math.exp(score(i1, i)) for i in range(T)]
+        mass = sum(abs(hand_cos(comp[i1], comp[i])) for i in range(T)) if row else 1.0
         for i2 in range(T):
-            a[i1, i2] = eta * ex[i2] / sum(ex) + (1 - eta) * hand_cos(comp[i1], comp[i2])
+            a[i1, i2] = eta * ex[i2] / sum(ex) + (1 - eta) * hand_cos(comp[i1], comp[i2]) / mass
     return a
 
 
-def hand_zeta(graph, e, comps):
+def hand_zeta(graph, e, comps, row=False, residual=False):
     eta = float(graph.eta)
     n = e @ graph.W_E.weight.T
     T = n.shape[0]
     z, w = {}, {}
     for s in SUBSETS:
-        a = hand_attention(graph, n, comps[s], s, eta)
+        a = hand_attention(graph, n, comps[s], s, eta, row=row)
         zs = torch.zeros(T, NODE)
         for i in range(T):
             acc = sum(a[i, j] * n[j] for j in range(T))
@@ -68,7 +70,8 @@ def hand_zeta(graph, e, comps):
         w[s] = total / T
     denom = sum(math.exp(w[s]) for s in SUBSETS)
     beta = {s: math.exp(w[s]) / denom for s in SUBSETS}
-    return sum(beta[s] * z[s] for s in SUBSETS), beta
+    zeta = sum(beta[s] * z[s] for s in SUBSETS)
+    return (n + zeta if residual else zeta), beta
 
 
 # ---- eq. 4
@@ -128,6 +131,42 @@ def test_eq5_weights_and_zeta_match_hand_loop():
         assert float(d["subgraph_weights"][s]) == pytest.approx(beta[s], abs=1e-5)
     assert zeta.shape == (4, NODE)
     assert torch.allclose(zeta, want, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("relation_norm,residual", [("row", False), ("none", True), ("row", True)])
+def test_identity_options_match_hand_loop(relation_norm, residual):
+    g = make_graph(eta_init=0.4, seed=3, relation_norm=relation_norm, residual=residual)
+    e, comps = make_inputs(5, seed=4)
+    zeta, d = g((e, comps), return_details=True)
+    n = e @ g.W_E.weight.T
+    for s in SUBSETS:
+        want = hand_attention(g, n, comps[s], s, 0.4, row=relation_norm == "row")
+        assert torch.allclose(d["attention"][s], want, atol=1e-5)
+    assert torch.allclose(zeta, hand_zeta(g, e, comps, row=relation_norm == "row", residual=residual)[0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_row_norm_keeps_message_scale_as_the_pool_grows():
+    """Eq. 4 read literally sums raw cosines over the pool: with t copies of one task, z grows like t.
+    Row-normalised, the copies share one unit of mass and the message stays the task's own node."""
+    e, comps = make_inputs(1, seed=5)
+    for relation_norm, grows in (("none", True), ("row", False)):
+        g = make_graph(relation_norm=relation_norm)
+        z1 = g((e, comps))
+        z6 = g((e.repeat(6, 1), {s: c.repeat(6, 1) for s, c in comps.items()}))
+        ratio = float(z6[0].norm() / z1[0].norm())
+        assert (ratio > 3.0) if grows else ratio == pytest.approx(1.0, abs=1e-5)
+
+
+def test_identity_options_are_validated_and_reach_the_models():
+    with pytest.raises(ValueError, match="prompt.relation_norm"):
+        make_graph(relation_norm="rows")
+    with pytest.raises(ValueError, match="prompt.residual"):
+        make_graph(residual="yes")
+    cfg = PromptConfig(node_dim=NODE, q_dim=Q, relation_norm="row", residual=True)
+    g = build_prompt_module(cfg, make_inputs(3))
+    assert (g.relation_norm, g.residual) == ("row", True)
 
 
 def test_gradients_reach_every_learned_part():
