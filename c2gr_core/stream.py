@@ -295,6 +295,8 @@ def _rounds(out, m, D, per_class, timings, start, T, max_rounds, entries, cfg, d
             rounds.write(f"round {t + 1}/{T} {names[t]}: DSC {100 * D[t, t]:.1f} on it, "
                          f"{100 * np.nanmean(D[t, :t + 1]):.1f} mean over {t + 1} seen | replay "
                          f"{timings[-1]['replay_pairs']} pairs {t1 - t0:.1f}s, fit {t2 - t1:.1f}s")
+    if main and start == T:
+        _tidy(out, T - 1, keep_checkpoints, T)  # a crash may have hit between the last commit and its tidying
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
     return RunResult(out, D, metrics, m)
 
@@ -327,6 +329,11 @@ def _write_round(out: Path, t: int, m: Method, D: np.ndarray, names: list[str], 
     # The commit point: a crash before this line re-runs round t on resume, from round t-1's checkpoint,
     # so older checkpoints go only now (and every older one: a crash may have left one behind).
     atomic_write(out / "progress.json", json.dumps({"completed_rounds": t + 1, "total_rounds": T}))
+    _tidy(out, t, keep, T)
+
+
+def _tidy(out: Path, t: int, keep: str, T: int) -> None:
+    """What follows round t's commit (and is redone by a resume that finds nothing left to train)."""
     if keep == "last":
         for old in (out / "checkpoints").glob("round_*.pt"):
             if old.stem[6:].isdigit() and int(old.stem[6:]) < t:
