@@ -7,6 +7,8 @@ round t written atomically to the run directory (the resume point).
 Run directory (DESIGN.md): config.json, stream.json, matrix.csv, metrics.json, per_class.json,
 timings.json, environment.json, progress.json (the commit point of a round),
 checkpoints/round_XX.pt, samples/round_XX/task_YY.npz (replayed pairs kept for inspection).
+Its safety rules (lock, which folders a run may write into, what it may delete) live in
+c2gr_core.rundir; everything a run can check is checked before it writes anything.
 
 Under `torchrun` (see c2gr_core.distributed) run_stream opens the process group itself and closes
 it at the end; every rank trains on its shard and evaluates a share of the tasks, rank 0 alone
@@ -153,10 +155,10 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     for j in range(start, T):
         if entries[j].kind != "synthetic":
             load(j)
-    # Every rank has read the directory's state before rank 0 writes anything into it.
-    distributed.barrier()
     created = rundir.first_missing(out) if main else None
     before = set(os.listdir(out)) if main and created is None else set()
+    # Every rank has read the directory's state before rank 0 writes anything into it.
+    distributed.barrier()
     owned = False  # the lock is held and the folder re-checked: from here on a failed start is undone
     with contextlib.ExitStack() as held:
         try:
@@ -167,6 +169,7 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
                 if rundir.holds_run(out, resume):
                     start = _resume_point(out, cfg, stream_info, T)
                 owned = True
+            distributed.barrier()  # the folder is rank 0's before any rank writes its scratch into it
             m, D, per_class, timings = _prepare(out, method_cls, cfg, cards, names, start, progress, main)
             if main and start == 0:
                 # config.json last: it marks the folder as a run that `--resume` continues.
