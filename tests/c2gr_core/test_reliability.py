@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from c2gr_core.cli import apply_overrides, main
@@ -159,9 +159,8 @@ def _truncate(path: Path):
     path.write_bytes(data[: len(data) // 2])
 
 
-def _malicious(path: Path):
-    with path.open("wb") as f:
-        pickle.dump({"modules": _Evil()}, f)
+def _malicious(path: Path):  # a checkpoint-shaped file whose unpickling would run a shell command
+    torch.save({"modules": _Evil()}, path)
 
 
 # (extra argv, text the one error line must hold; {out} is the run directory, {bad_mask} the bad file),
