@@ -22,6 +22,8 @@ import json
 import os
 import re
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Mapping
 
@@ -51,16 +53,61 @@ def find_notebook(notebook: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"notebook {str(notebook)!r} not found; give a path or one of {known}")
 
 
-def notebook_parameters(path: Path) -> dict:
-    """Names and default values of the notebook's cell tagged `parameters` (literal assignments)."""
+def _parameter_nodes(path: Path) -> list[ast.stmt]:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    return ast.parse(cells[0].source).body
+
+
+def notebook_parameter_types(path: Path) -> dict[str, str]:
+    """The annotations of the parameters cell (`n_tasks: int | None = None`), as source text."""
+    return {n.target.id: ast.unparse(n.annotation) for n in _parameter_nodes(path)
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "None": None}
+
+
+def _fits(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is None or hint is type(None):
+        return value is None
+    hint = origin or hint  # list[str] -> list: the items are the notebook's business
+    if hint in (int, float):  # YAML `true` is not a number
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def check_parameter_types(src: Path, values: Mapping, defaults: Mapping) -> None:
+    """Refuse a value whose type is not the parameter's: its annotation in the parameters cell, or
+    else the type of its default (a None default without annotation accepts anything)."""
+    annotations = notebook_parameter_types(src)
+    for name, value in values.items():
+        if name in annotations:
+            try:
+                hint = eval(annotations[name], {"__builtins__": {}}, dict(_TYPES))  # noqa: S307 - the notebook's own source
+            except Exception:  # noqa: BLE001 - an annotation this check cannot read is not checked
+                continue
+            want = annotations[name]
+        elif defaults.get(name) is not None:
+            hint = type(defaults[name])
+            want = f"{hint.__name__} (like its default {defaults[name]!r})"
+        else:
+            continue
+        if not _fits(value, hint):
+            raise ValueError(f"{src.name}: parameter {name!r} must be {want}, got {value!r}")
+
+
+def notebook_parameters(path: Path) -> dict:
+    """Names and default values of the notebook's cell tagged `parameters` (literal assignments)."""
     out = {}
-    for node in ast.parse(cells[0].source).body:
+    for node in _parameter_nodes(path):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         for t in targets:
             if isinstance(t, ast.Name):
@@ -111,6 +158,7 @@ def run_notebook(notebook: str | os.PathLike, params: Mapping | str | os.PathLik
     unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise ValueError(f"{src.name}: unknown parameter(s) {unknown}; its parameters: {sorted(defaults)}")
+    check_parameter_types(src, values, defaults)
     date = date or _dt.date.today().isoformat()
     out = (Path(runs_root).expanduser() / f"{date}_{src.stem}_{tag}").resolve()
     if out.exists():

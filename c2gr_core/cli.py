@@ -75,7 +75,9 @@ def apply_overrides(cfg, items: list[str]):
         elif old is not None and not isinstance(value, type(old)):
             raise ValueError(f"--set {item!r}: {key} must be {type(old).__name__}, got {raw!r}")
         setattr(sec, field, value)
-    return cfg
+    from .config import validate
+
+    return validate(cfg)  # ranges and allowed values, named by section.key
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -115,7 +117,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="c2gr", description="C2GR continual segmentation workbench")
+    p = _Parser(prog="c2gr", description="C2GR continual segmentation workbench")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tasks", help="list catalog tasks and streams")
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dataset", help="catalog task name (e.g. brats-t1ce) or dataset id")
     pr.add_argument("src", help="folder holding the dataset in its official layout")
     pr.add_argument("dst", help="output folder (must not exist unless --overwrite)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    pr.add_argument("--seed", type=_seed, default=0, help="seed of the train/val/test split")
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--card", default=None, help="card YAML to use instead of the catalog's (dataset ids only)")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--method", required=True, help="continual method, e.g. c2gr, finetune, joint")
     r.add_argument("--preset", default="tiny", choices=["tiny", "bench", "cpu", "paper"])
     r.add_argument("--out", required=True, help="run directory")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0, help="seed of data splits, initialisation and replay (>= 0)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
     r.add_argument("--data-root", default=None, help="folder with prepared real tasks (else $C2GR_DATA_ROOT)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
@@ -160,13 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (already printed) or --help
+        return e.code if isinstance(e.code, int) else 2
+    from .rundir import RunDirectoryBusy
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # our errors name the file/parameter: show them plainly
-        print(f"c2gr {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RunDirectoryBusy) as e:  # our errors name the file/parameter: show them plainly
+        print(f"c2gr {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"c2gr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug of ours: still one line, the traceback on request
+        if os.environ.get("C2GR_TRACEBACK"):
+            raise
+        print(f"c2gr {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+              "(set C2GR_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

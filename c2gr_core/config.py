@@ -6,6 +6,9 @@ Presets (DESIGN.md): `tiny` for tests/CI/notebook defaults, `cpu` for laptop ben
 from __future__ import annotations
 
 import json
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,7 +113,11 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # the message names the file
+            raise ValueError(f"{path}: not a readable config ({e})") from e
 
 
 def _from_dict(cls, d: dict[str, Any], where: str):
@@ -217,3 +224,132 @@ def preset(name: str, **overrides: Any) -> ExperimentConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[name]()
     return replace(cfg, **overrides) if overrides else cfg
+
+
+# ---------------------------------------------------------------------------- validation
+# A parameter is checked here, where it is defined, before a run touches the disk: its type from
+# the dataclass annotation, its range or allowed values from `_rules`. Errors name "section.key".
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # a bool is not a number here (train.epochs=true must not mean 1)
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {int: "integers", float: "numbers", bool: "true/false values"}.get(item, str(item))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, str(hint))
+
+
+def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
+    """section.key -> (check(value) -> bool, what the value must be). Types are checked first."""
+    from .diffusion import MASK_CODES, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS
+    from .text_encoders import ENCODERS
+
+    pos = (lambda v: v >= 1, "an integer >= 1")
+    pos_all = (lambda v: len(v) > 0 and all(c >= 1 for c in v), "a non-empty list of integers >= 1")
+    above0 = (lambda v: v > 0, "a number > 0")
+    opt_above0 = (lambda v: v is None or v > 0, "a number > 0, or null (same as train.lr)")
+    one_of = lambda allowed: (lambda v: v in allowed, f"one of {list(allowed)}")  # noqa: E731
+    levels = max(len(cfg.segmentor.channels), len(cfg.denoiser.channels))
+    return {
+        "data.image_size": (lambda v: v >= 1 and v % 2 ** (levels - 1) == 0,
+                            f">= 1 and a multiple of {2 ** (levels - 1)} (the networks halve it "
+                            f"{levels - 1} times)"),
+        "data.n_train": pos, "data.n_val": pos, "data.n_test": pos,
+        **{f"{net}.{k}": pos for net in ("segmentor", "denoiser")
+           for k in ("cross_attention_dim", "num_head_channels", "norm_groups")},
+        "segmentor.channels": pos_all, "denoiser.channels": pos_all, "denoiser.num_res_blocks": pos,
+        "denoiser.attention_levels": (lambda v: len(v) == len(cfg.denoiser.channels),
+                                      f"one entry per denoiser.channels entry ({len(cfg.denoiser.channels)})"),
+        "diffusion.num_train_timesteps": (lambda v: v >= 2, ">= 2"),
+        "diffusion.schedule": one_of(SCHEDULES),
+        "diffusion.beta_start": (lambda v: 0 < v < cfg.diffusion.beta_end, "> 0 and < diffusion.beta_end"),
+        "diffusion.beta_end": (lambda v: v < 1, "< 1"),
+        "diffusion.objective": one_of(("bjd", "njd")),
+        "diffusion.sampler": one_of(SAMPLERS),
+        "diffusion.sample_steps": (lambda v: 1 <= v <= cfg.diffusion.num_train_timesteps,
+                                   ">= 1 and <= diffusion.num_train_timesteps"),
+        # Only the one-hot code is implemented; another name would be recorded and ignored.
+        "diffusion.mask_code": one_of(MASK_CODES),
+        "diffusion.prediction": one_of(PREDICTIONS),
+        "diffusion.loss_weighting": one_of(WEIGHTINGS),
+        "diffusion.snr_gamma": above0,
+        "diffusion.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+        "diffusion.replay_target": one_of(REPLAY_TARGETS),
+        "prompt.encoder": one_of(ENCODERS),
+        "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
+        "train.epochs": pos, "train.batch_size": pos, "train.lr": above0,
+        "train.seg_lr": opt_above0, "train.gen_lr": opt_above0,
+        "train.gen_epochs": (lambda v: v is None or v >= cfg.train.epochs,
+                             f">= train.epochs ({cfg.train.epochs}), or null: same as train.epochs"),
+        "train.replay_per_task": (lambda v: v is None or v >= 1,
+                                  "an integer >= 1, or null (the task's training-set size)"),
+        "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer >= 0 (and < 2**63)"),
+        "train.device": (lambda v: re.fullmatch(r"cpu|cuda(:\d+)?|mps", v) is not None,
+                         "'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    }
+
+
+def validate(cfg: "ExperimentConfig") -> "ExperimentConfig":
+    """Refuse a config any run would fail on, or silently ignore; the error names the parameter."""
+    def show(v):
+        return json.dumps(list(v) if isinstance(v, tuple) else v) if v is None or isinstance(
+            v, (bool, int, float, str, tuple)) else repr(v)
+
+    for sec in fields(cfg):
+        section = getattr(cfg, sec.name)
+        if not is_dataclass(section):
+            continue
+        hints = typing.get_type_hints(type(section))
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ValueError(f"{sec.name}.{f.name} must be {_type_name(hints[f.name])}, got {show(value)}")
+    for key, (check, what) in _rules(cfg).items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not check(value):
+            raise ValueError(f"{key} must be {what}, got {show(value)}")
+    for net in ("segmentor", "denoiser"):
+        c = getattr(cfg, net)
+        if any(ch % c.norm_groups for ch in c.channels):
+            raise ValueError(f"{net}.norm_groups ({c.norm_groups}) must divide every {net}.channels entry "
+                             f"({list(c.channels)})")
+    device = cfg.train.device
+    if device.startswith("cuda") or device == "mps":
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"train.device is {device!r}, but torch finds no CUDA device here")
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"train.device is {device!r}, but torch finds {torch.cuda.device_count()} CUDA device(s)")
+        if device == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("train.device is 'mps', but torch finds no MPS device here")
+    return cfg
+
+
+def config_diff(a: "ExperimentConfig", b: "ExperimentConfig") -> list[str]:
+    """The keys whose values differ, as "section.key: <in a> vs <in b>" (for the resume refusal)."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for sec in da:
+        if isinstance(da[sec], dict):
+            out += [f"{sec}.{k}: {da[sec][k]!r} vs {db[sec].get(k)!r}" for k in da[sec] if da[sec][k] != db[sec].get(k)]
+        elif da[sec] != db[sec]:
+            out.append(f"{sec}: {da[sec]!r} vs {db[sec]!r}")
+    return out

@@ -76,7 +76,8 @@ def ensure_runs(stream, methods: Sequence[str], cfg: ExperimentConfig, root: str
                                  f"{len(info['tasks'])} rounds); resume it with `c2gr run ... --resume`")
             out[m] = run
         else:
-            out[m] = run_stream(stream, m, cfg, root / m, resume=True, progress=progress, data_root=data_root,
+            resume = (root / m / "config.json").is_file()  # a run of ours is there: reuse or continue it
+            out[m] = run_stream(stream, m, cfg, root / m, resume=resume, progress=progress, data_root=data_root,
                                 keep_checkpoints=keep_checkpoints).out_dir
     return out
 

@@ -6,7 +6,7 @@ replay (the privacy-breaking reference) uses the same store.
 """
 from __future__ import annotations
 
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,14 @@ class ReplayBatch:
     images: torch.Tensor   # (B, 3, H, W) float32
     masks: torch.Tensor    # (B, H, W) long
     tasks: torch.Tensor    # (B,) long: stream index of the past task each pair replays
+
+
+_SCRATCH = re.compile(r"task_\d+_(images|masks)(\.tmp)?\.npy")
+
+
+def is_scratch_file(name: str) -> bool:
+    """Whether a file name is one a ReplayStore writes (the run removes these, and nothing else)."""
+    return _SCRATCH.fullmatch(name) is not None
 
 
 class ReplayStore:
@@ -78,5 +86,7 @@ class ReplayStore:
 
     def clear(self) -> None:
         self._cache.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.iterdir():
+            if is_scratch_file(p.name):  # a file we did not write stays (and is never read)
+                p.unlink()

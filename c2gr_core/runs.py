@@ -25,7 +25,7 @@ from .config import ExperimentConfig
 from .methods import get_method
 from .methods.base import Method, StreamContext
 from .prompts import encode_tasks
-from .stream import load_stream_task, resolve_entries
+from .stream import load_checkpoint, load_stream_task, resolve_entries
 from .text_encoders import get_text_encoder
 
 _REQUIRED = ("config.json", "stream.json", "progress.json")
@@ -41,7 +41,7 @@ def _run_path(run_dir: str | os.PathLike) -> Path:
     return run
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -69,9 +69,9 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     diagonal and for unfinished rounds), per_class, timings, tasks (names), entries, method (name),
     completed_rounds."""
     run = _run_path(run_dir)
-    stream = _read_json(run / "stream.json")
+    stream = read_json(run / "stream.json")
     tasks = list(stream["tasks"])
-    opt = lambda name, default: _read_json(run / name) if (run / name).is_file() else default  # noqa: E731
+    opt = lambda name, default: read_json(run / name) if (run / name).is_file() else default  # noqa: E731
     return {
         "config": ExperimentConfig.load(run / "config.json"),
         "metrics": opt("metrics.json", {}),
@@ -82,13 +82,13 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         "tasks": tasks,
         "entries": list(stream["entries"]),
         "method": stream["method"],
-        "completed_rounds": int(_read_json(run / "progress.json")["completed_rounds"]),
+        "completed_rounds": int(read_json(run / "progress.json")["completed_rounds"]),
     }
 
 
 def run_cards(run_dir: str | os.PathLike) -> list[TaskCard]:
     run = _run_path(run_dir)
-    return [entry_card(e) for e in resolve_entries(_read_json(run / "stream.json")["entries"])]
+    return [entry_card(e) for e in resolve_entries(read_json(run / "stream.json")["entries"])]
 
 
 def load_run_task(run_dir: str | os.PathLike, task: int | str, data_root: str | None = None) -> TaskData:
@@ -149,7 +149,7 @@ def load_method(run_dir: str | os.PathLike, round: int | None = None, device: st
     cfg: ExperimentConfig = info["config"]
     ctx = method_context(cfg, run_cards(run), cache_dir=run / "cache", work_dir=work_dir, device=device)
     m: Method = get_method(info["method"])(ctx)
-    m.load_state_dict(torch.load(ckpt, map_location=ctx.device, weights_only=True))
+    load_checkpoint(ckpt, m, device=ctx.device)
     if work_dir is None:
         weakref.finalize(m, shutil.rmtree, str(ctx.work_dir), True)
     m.loaded_from = {"run_dir": str(run), "round": r}  # provenance for reports

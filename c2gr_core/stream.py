@@ -7,6 +7,8 @@ round t written atomically to the run directory (the resume point).
 Run directory (DESIGN.md): config.json, stream.json, matrix.csv, metrics.json, per_class.json,
 timings.json, environment.json, progress.json (the commit point of a round),
 checkpoints/round_XX.pt, samples/round_XX/task_YY.npz (replayed pairs kept for inspection).
+Its safety rules (lock, which folders a run may write into, what it may delete) live in
+c2gr_core.rundir; everything a run can check is checked before it writes anything.
 
 Under `torchrun` (see c2gr_core.distributed) run_stream opens the process group itself and closes
 it at the end; every rank trains on its shard and evaluates a share of the tasks, rank 0 alone
@@ -15,10 +17,11 @@ any rank moves on), and every rank returns the same RunResult.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import platform
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,9 +35,9 @@ from tqdm.auto import tqdm
 from data_catalog.catalog import StreamEntry, entry_card, load_stream, load_task, parse_entry
 from data_catalog.taskdata import TaskData
 
-from . import distributed
+from . import distributed, rundir
 from .access import TaskAccess
-from .config import ExperimentConfig
+from .config import ExperimentConfig, config_diff, validate
 from .losses import dice_per_class, task_dsc
 from .methods import get_method
 from .methods.base import Method, StreamContext
@@ -129,6 +132,8 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     if keep_checkpoints not in ("all", "last"):
         raise ValueError(f"keep_checkpoints must be 'all' or 'last', got {keep_checkpoints!r}")
     method_cls = get_method(method)   # fail on a bad name before touching the disk
+    # config.json records what the method trains with (c2gr-norups: prompt.rups false), never the caller's cfg.
+    cfg = validate(method_cls.resolve_config(copy.deepcopy(cfg)))
     entries = resolve_entries(stream)
     cards = [entry_card(e) for e in entries]
     names = [c.name for c in cards]
@@ -138,27 +143,90 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     out = Path(out_dir)
     main = distributed.is_main()
     progress = progress and main
-    progress_file = out / "progress.json"
-    start = 0
     stream_info = {"entries": [str(e) for e in entries], "tasks": names, "method": method}
-    if progress_file.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or choose another --out")
-    if resume and progress_file.exists():
-        saved = ExperimentConfig.load(out / "config.json")
-        if saved != cfg:
-            raise ValueError(f"{out / 'config.json'}: the config differs from the one of the run being resumed")
-        if json.loads((out / "stream.json").read_text()) != stream_info:
-            raise ValueError(f"{out / 'stream.json'}: the stream or method differs from the run being resumed")
-        start = json.loads(progress_file.read_text())["completed_rounds"]
+
+    def load(j: int) -> TaskData:
+        return load_stream_task(entries, j, cfg, data_root)
+
+    # Everything that can be checked is checked before anything is written: the folder, the
+    # resume point, and the data of every task still to come (a bad folder at position 3 fails now,
+    # not after two rounds of training; errors name the file).
+    start = _resume_point(out, cfg, stream_info, T) if rundir.holds_run(out, resume) else 0
+    for j in range(start, T):
+        if entries[j].kind != "synthetic":
+            load(j)
+    created = rundir.first_missing(out) if main else None
+    before = set(os.listdir(out)) if main and created is None else set()
     # Every rank has read the directory's state before rank 0 writes anything into it.
     distributed.barrier()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-    if main and start == 0:
-        atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        atomic_write(out / "stream.json", json.dumps(stream_info, indent=2))
-        atomic_write(out / "environment.json", json.dumps(environment_info(), indent=2))
+    owned = False  # the lock is held and the folder re-checked: from here on a failed start is undone
+    with contextlib.ExitStack() as held:
+        try:
+            if main:
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(rundir.lock(out))
+                # Another run may have written here between the check above and the lock.
+                if rundir.holds_run(out, resume):
+                    start = _resume_point(out, cfg, stream_info, T)
+                owned = True
+            distributed.barrier()  # the folder is rank 0's before any rank writes its scratch into it
+            m, D, per_class, timings = _prepare(out, method_cls, cfg, cards, names, start, progress, main)
+            if main and start == 0:
+                # config.json last: it marks the folder as a run that `--resume` continues.
+                atomic_write(out / "stream.json", json.dumps(stream_info, indent=2))
+                atomic_write(out / "environment.json", json.dumps(environment_info(), indent=2))
+                atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+                (out / "checkpoints").mkdir(exist_ok=True)
+        except BaseException:
+            if owned and start == 0 and not resume:
+                held.close()
+                rundir.rollback(out, created, before)  # a run that never started leaves nothing new
+            raise
+        return _rounds(out, m, D, per_class, timings, start, T, max_rounds, entries, cfg, data_root, cards,
+                       names, method, callbacks, progress, main, keep_checkpoints)
+
+
+def _resume_point(out: Path, cfg: ExperimentConfig, stream_info: dict, T: int) -> int:
+    """The first round a resumed run trains; refuses a run made with another config or stream."""
+    from .runs import read_json  # runs imports this module; import at use
+
+    saved = ExperimentConfig.load(out / "config.json")
+    diff = config_diff(saved, cfg)
+    if diff:
+        raise ValueError(f"{out / 'config.json'}: the run being resumed was made with another config "
+                         f"(in the run vs now): {'; '.join(diff)}")
+    if (out / "stream.json").is_file():
+        info = read_json(out / "stream.json")
+        diff = [f"{k}: {info.get(k)!r} vs {v!r}" for k, v in stream_info.items()
+                if not isinstance(info, dict) or info.get(k) != v]
+        if diff:
+            raise ValueError(f"{out / 'stream.json'}: the stream or method differs from the run being resumed "
+                             f"(in the run vs now): {'; '.join(diff)}")
+    if not (out / "progress.json").is_file():
+        return 0  # started, no round finished: round 0 again
+    done = read_json(out / "progress.json")
+    done = done.get("completed_rounds") if isinstance(done, dict) else None
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= T:
+        raise ValueError(f"{out / 'progress.json'}: completed_rounds must be an integer in 0..{T}, got {done!r}")
+    return done
+
+
+def load_checkpoint(path: Path, method: Method, device=None) -> None:
+    """Load checkpoints/round_XX.pt into `method`; a missing, truncated, foreign or malicious file is
+    one error naming it (weights_only=True: a pickle never runs code)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        method.load_state_dict(state)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint missing; cannot resume from it") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; all mean the same here
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{path}: not a loadable checkpoint of this run ({type(e).__name__}: {first})") from e
+
+
+def _prepare(out, method_cls, cfg, cards, names, start, progress, main):
+    """The method (and on resume its state and tables) as round `start` begins."""
+    from .runs import read_json, read_matrix
 
     device = distributed.local_device(cfg.train.device)
     _seed_everything(cfg.train.seed)
@@ -169,22 +237,28 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
     work = out / "work" if distributed.world_size() == 1 else out / "work" / f"rank{distributed.rank()}"
     ctx = StreamContext(cfg=cfg, cards=cards, emb=emb, work_dir=work, device=device, progress=progress)
     m: Method = method_cls(ctx)
+    T = len(names)
+    D = np.full((T, T), np.nan)
+    per_class: dict = {}
+    timings: list = []
+    if start > 0:
+        load_checkpoint(out / "checkpoints" / f"round_{start - 1:02d}.pt", m)
+        # Rounds from `start` on may have been written before a crash hit their commit point: they re-run.
+        D = read_matrix(out / "matrix.csv", names)
+        D[start:] = np.nan
+        per_class = {k: v for k, v in read_json(out / "per_class.json").items() if int(k) < start}
+        timings = [r for r in read_json(out / "timings.json") if isinstance(r, dict) and r.get("round", T) < start]
+    return m, D, per_class, timings
+
+
+def _rounds(out, m, D, per_class, timings, start, T, max_rounds, entries, cfg, data_root, cards, names, method,
+            callbacks, progress, main, keep_checkpoints) -> RunResult:
+    ctx = m.ctx
 
     def load(j: int) -> TaskData:
         return load_stream_task(entries, j, cfg, data_root)
 
     access = TaskAccess(cards, load, privileged=m.reads_past_data)
-    D = np.full((T, T), np.nan)
-    per_class: dict = {}
-    timings: list = []
-    if start > 0:
-        m.load_state_dict(torch.load(out / "checkpoints" / f"round_{start - 1:02d}.pt", weights_only=True))
-        from .runs import read_matrix  # runs imports this module; import at use
-
-        D = read_matrix(out / "matrix.csv", names)
-        per_class = json.loads((out / "per_class.json").read_text())
-        timings = json.loads((out / "timings.json").read_text())
-
     tests: dict[int, TaskData] = {}
     stop = T if max_rounds is None else min(T, max_rounds)
     rounds = tqdm(range(start, stop), desc=f"{method} rounds", initial=start, total=T, disable=not progress)
@@ -221,9 +295,11 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
             _write_round(out, t, m, D, names, per_class, timings, keep_checkpoints)
         distributed.barrier()  # round t is on disk before any rank goes on (or reads metrics.json)
         if main:
-                rounds.write(f"round {t + 1}/{T} {names[t]}: DSC {100 * D[t, t]:.1f} on it, "
+            rounds.write(f"round {t + 1}/{T} {names[t]}: DSC {100 * D[t, t]:.1f} on it, "
                          f"{100 * np.nanmean(D[t, :t + 1]):.1f} mean over {t + 1} seen | replay "
                          f"{timings[-1]['replay_pairs']} pairs {t1 - t0:.1f}s, fit {t2 - t1:.1f}s")
+    if main and start == T:
+        _tidy(out, T - 1, keep_checkpoints, T)  # a crash may have hit between the last commit and its tidying
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
     return RunResult(out, D, metrics, m)
 
@@ -241,8 +317,6 @@ def _write_round(out: Path, t: int, m: Method, D: np.ndarray, names: list[str], 
                  timings: list, keep: str) -> None:
     T = len(names)
     atomic_save(m.state_dict(), out / "checkpoints" / f"round_{t:02d}.pt")
-    if keep == "last" and t > 0:
-        (out / "checkpoints" / f"round_{t - 1:02d}.pt").unlink(missing_ok=True)
     rows = ["round," + ",".join(names)]
     for i in range(T):
         rows.append(names[i] + "," + ",".join("" if np.isnan(v) else repr(float(v)) for v in D[i]))
@@ -255,8 +329,17 @@ def _write_round(out: Path, t: int, m: Method, D: np.ndarray, names: list[str], 
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write(out / "per_class.json", json.dumps(per_class, indent=2))
     atomic_write(out / "timings.json", json.dumps(timings, indent=2))
-    # The commit point: a crash before this line re-runs round t on resume.
+    # The commit point: a crash before this line re-runs round t on resume, from round t-1's checkpoint,
+    # so older checkpoints go only now (and every older one: a crash may have left one behind).
     atomic_write(out / "progress.json", json.dumps({"completed_rounds": t + 1, "total_rounds": T}))
-    work = out / "work"
-    if t + 1 == T and work.exists():
-        shutil.rmtree(work, ignore_errors=True)
+    _tidy(out, t, keep, T)
+
+
+def _tidy(out: Path, t: int, keep: str, T: int) -> None:
+    """What follows round t's commit (and is redone by a resume that finds nothing left to train)."""
+    if keep == "last":
+        for old in (out / "checkpoints").glob("round_*.pt"):
+            if old.stem[6:].isdigit() and int(old.stem[6:]) < t:
+                old.unlink()
+    if t + 1 == T:
+        rundir.remove_scratch(out / "work")

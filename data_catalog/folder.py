@@ -12,6 +12,7 @@ test with the test share of the card's random split (0.25 / 0.85 of train by def
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,11 @@ def _read_split(split_dir: Path, card: TaskCard, size: int) -> Split:
     for stem in sorted(set(masks) - set(images)):
         raise DataError(f"{masks[stem]}: mask has no image {split_dir / 'images' / (stem + IMAGE_SUFFIX)}")
     xs, ys = [], []
+    noted: dict[str, list[Path]] = {}
     for stem in sorted(images):
-        img, msk = _read_image(images[stem]), _read_mask(masks[stem], card)
+        img, msk = _read_image(images[stem], noted), _read_mask(masks[stem], card)
+        if img.shape[0] != img.shape[1]:
+            noted.setdefault("square", []).append(images[stem])
         if img.shape[:2] != msk.shape:
             raise DataError(f"{masks[stem]}: mask size {msk.shape[1]}x{msk.shape[0]} (WxH) differs from image "
                             f"{images[stem]} size {img.shape[1]}x{img.shape[0]}")
@@ -118,6 +122,7 @@ def _read_split(split_dir: Path, card: TaskCard, size: int) -> Split:
         x, y = resize_pair(x[None], msk[None], size)
         xs.append(x[0])
         ys.append(y[0])
+    _warn(noted, size)
     images_arr, masks_arr = np.stack(xs).astype(np.float32), np.stack(ys).astype(np.uint8)
     validate_split(images_arr, masks_arr, card.n_classes, origin=str(split_dir))
     return Split(images_arr, masks_arr)
@@ -132,14 +137,40 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
-def _read_image(path: Path) -> np.ndarray:
+class DataWarning(UserWarning):
+    """An input the loader accepts but changes (alpha, bit depth, aspect ratio): said, never silent."""
+
+
+# What the loader does to such images, said once per split folder with the first file and a count.
+_NOTES = {
+    "alpha": "has transparent pixels; the alpha channel is dropped (the colour values are used as stored)",
+    "depth": "is a 16/32-bit image; it is scaled from its own min..max to the model's range, per image "
+             "(intensities are not comparable across images: window them when preparing the data)",
+    "square": "is not square; it is resized to {size}x{size} without keeping its aspect ratio "
+              "(crop or pad the images to squares to keep it)",
+}
+
+
+def _warn(noted: dict[str, list[Path]], size: int) -> None:
+    for kind, paths in noted.items():
+        more = f" (and {len(paths) - 1} more in {paths[0].parent})" if len(paths) > 1 else ""
+        warnings.warn(f"{paths[0]}{more} {_NOTES[kind].format(size=size)}", DataWarning, stacklevel=4)
+
+
+def _read_image(path: Path, noted: dict[str, list[Path]] | None = None) -> np.ndarray:
+    noted = {} if noted is None else noted
     im = _open(path)
-    if im.mode in ("P", "1", "CMYK", "YCbCr", "PA"):
+    if "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if (alpha < 255).any():
+            noted.setdefault("alpha", []).append(path)
+    if im.mode in ("P", "1", "CMYK", "YCbCr", "PA", "RGBA"):
         im = im.convert("RGB")
     elif im.mode == "LA":
         im = im.convert("L")
     arr = np.asarray(im)
     if arr.dtype != np.uint8:  # 16-bit / 32-bit grey: per-image min-max in to_model_image
+        noted.setdefault("depth", []).append(path)
         arr = arr.astype(np.float32)
     return arr
 

@@ -8,6 +8,7 @@ with @register("name").
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,32 @@ class Method:
 
     def __init__(self, ctx: StreamContext):
         self.ctx = ctx
+
+    @classmethod
+    def forced_settings(cls) -> dict:
+        """{"section.key": value} this method trains with whatever the config says (c2gr-norups:
+        {"prompt.rups": False}). `resolve_config` writes them into the run's config."""
+        return {}
+
+    @classmethod
+    def resolve_config(cls, cfg: ExperimentConfig) -> ExperimentConfig:
+        """`cfg` with the method's forced settings, so config.json records what was trained. A key left
+        at its default takes the forced value; one set to another value is refused (it would be ignored)."""
+        from . import METHODS
+
+        for key, value in cls.forced_settings().items():
+            section, name = key.split(".")
+            sec = getattr(cfg, section)
+            current = getattr(sec, name)
+            if current == value:
+                continue
+            if current != getattr(type(sec)(), name):
+                others = sorted(n for n, m in METHODS.items() if m.forced_settings().get(key) == current)
+                hint = f"; methods that train with it: {others}" if others else ""
+                raise ValueError(f"{key}={json.dumps(current)} conflicts with method {cls.name!r}, which always trains "
+                                 f"with {key}={json.dumps(value)}{hint}")
+            setattr(sec, name, value)
+        return cfg
 
     # --- hooks ---------------------------------------------------------------------------
     def before_round(self, t: int, data: TaskAccess) -> None:

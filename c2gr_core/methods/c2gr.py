@@ -21,6 +21,10 @@ class C2GR(GenerativeReplay, Method):
     coupled = True        # RUPS: one prompt graph shared by both networks
     sequential = False    # CGR trains the two networks one after the other instead
 
+    @classmethod
+    def forced_settings(cls) -> dict:
+        return {"prompt.rups": cls.coupled, "diffusion.objective": cls.objective}
+
     def __init__(self, ctx: StreamContext):
         super().__init__(ctx)
         self.model = C2GRModel(ctx.cfg, ctx.c_max, ctx.emb, coupled=self.coupled,

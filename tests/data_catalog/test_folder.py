@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from data_catalog.folder import load_task_folder
+from data_catalog.folder import DataWarning, load_task_folder
 from data_catalog.schema import CardError, DataError
 
 CARD = {"name": "knee", "modality": "MR", "anatomy": "knee", "objective": "cartilage and bone segmentation",
@@ -58,7 +58,8 @@ def test_loads_with_values_and_shapes(tmp_path):
 
 def test_resizes_non_square_and_keeps_labels(tmp_path):
     root = make_task(tmp_path / "t", ("train", "val", "test"), (3, 1, 1), hw=(20, 14))
-    data = load_task_folder(root, image_size=16, seed=0)
+    with pytest.warns(DataWarning, match="not square"):
+        data = load_task_folder(root, image_size=16, seed=0)
     assert data.train.images.shape == (3, 3, 16, 16)
     assert data.train.images.min() >= -1 and data.train.images.max() <= 1
     assert set(np.unique(data.train.masks)) == {0, 1, 2}
@@ -94,11 +95,27 @@ def test_grey_palette_and_16bit_inputs(tmp_path):
     p.save(msk)
     img16 = root / "val" / "images" / "val_000.png"
     Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)).save(img16)
-    data = load_task_folder(root, image_size=8, seed=0)
+    with pytest.warns(DataWarning, match="val_000.png is a 16/32-bit image; it is scaled"):
+        data = load_task_folder(root, image_size=8, seed=0)
     assert np.allclose(data.train.images[0], 1.0)
     assert (data.train.masks[0] == np.eye(8) * 2).all()
     v = data.val.images[0]
     assert np.isclose(v.min(), -1) and np.isclose(v.max(), 1) and np.allclose(v[0], v[2])
+
+
+def test_what_the_loader_changes_is_said_once_per_split_naming_a_file(tmp_path, recwarn):
+    root = make_task(tmp_path / "t", ("train", "val", "test"), (3, 1, 1), hw=(8, 8))
+    for i in range(2):  # two RGBA images with transparent pixels in train, an opaque one in val
+        rgba = np.full((8, 8, 4), 200, np.uint8)
+        rgba[..., 3] = 0
+        Image.fromarray(rgba, mode="RGBA").save(root / "train" / "images" / f"train_00{i}.png")
+    opaque = np.full((8, 8, 4), 255, np.uint8)
+    Image.fromarray(opaque, mode="RGBA").save(root / "val" / "images" / "val_000.png")
+    data = load_task_folder(root, image_size=8, seed=0)
+    notes = [str(w.message) for w in recwarn if issubclass(w.category, DataWarning)]
+    assert len(notes) == 1, notes  # opaque alpha changes nothing: not reported
+    assert "train_000.png (and 1 more in" in notes[0] and "alpha channel is dropped" in notes[0]
+    assert np.allclose(data.train.images[:2], 200 / 127.5 - 1)  # the colour, as stored
 
 
 # ---- bad input: one error naming the exact file ----
@@ -163,8 +180,8 @@ def test_nan_after_float_conversion(tmp_path, monkeypatch):
     bad = root / "train" / "images" / "train_002.png"
     real = folder._read_image
 
-    def fake(path):  # PNG cannot store NaN; simulate a float decode gone wrong for one file
-        arr = real(path).astype(np.float32)
+    def fake(path, *rest):  # PNG cannot store NaN; simulate a float decode gone wrong for one file
+        arr = real(path, *rest).astype(np.float32)
         if path == bad:
             arr[0, 0] = np.nan
         return arr
