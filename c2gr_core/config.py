@@ -258,6 +258,7 @@ def _type_name(hint: Any) -> str:
 def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
     """section.key -> (check(value) -> bool, what the value must be). Types are checked first."""
     from .diffusion import MASK_CODES, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS
+    from .rups import RELATION_NORMS
     from .text_encoders import ENCODERS
 
     pos = (lambda v: v >= 1, "an integer >= 1")
@@ -293,6 +294,7 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.replay_target": one_of(REPLAY_TARGETS),
         "prompt.encoder": one_of(ENCODERS),
         "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
+        "prompt.relation_norm": one_of(RELATION_NORMS),
         "train.epochs": pos, "train.batch_size": pos, "train.lr": above0,
         "train.seg_lr": opt_above0, "train.gen_lr": opt_above0,
         "train.gen_epochs": (lambda v: v is None or v >= cfg.train.epochs,

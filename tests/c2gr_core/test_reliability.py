@@ -181,6 +181,7 @@ CORPUS = {
     "replay_per_task 0": (["--set", "train.replay_per_task=0"], "train.replay_per_task", "new"),
     "sampler xyz": (["--set", "diffusion.sampler=xyz"], "diffusion.sampler", "new"),
     "objective xyz": (["--set", "diffusion.objective=xyz"], "diffusion.objective", "new"),
+    "relation_norm rows": (["--set", "prompt.relation_norm=rows"], "prompt.relation_norm", "new"),
     "mask_code bits": (["--set", "diffusion.mask_code=bits"], "diffusion.mask_code", "new"),
     "ema_decay 1.5": (["--set", "diffusion.ema_decay=1.5"], "diffusion.ema_decay", "new"),
     "encoder bert": (["--set", "prompt.encoder=bert"], "prompt.encoder", "new"),
