@@ -114,3 +114,27 @@ def test_replay_drift_reads_every_round_of_a_run(table, tmp_path):
                                      "--out", str(tmp_path / "drift.json")])
     (run,) = r["runs"].values()
     assert run["drift"][0] == [None, None] and 0 <= run["drift"][1][0] <= 1 and run["drift"][1][1] is None
+
+
+def test_mask_source_relabels_c2gr_replay_with_the_segmentor(table, tmp_path):
+    out, _ = table
+    r = script("mask_source").main(["--quick", "--runs", str(out / "runs"), "--out", str(tmp_path)])
+    assert set(r["rows"]) == {"c2gr-relabel", "c2gr", "gr"} - {"gr"}   # the quick table has no GR run
+    assert 0.0 <= r["rows"]["c2gr-relabel"]["overall"] <= 100.0
+    import torch
+
+    from c2gr_core.runs import load_method
+    m = load_method(tmp_path / "runs" / "c2gr-relabel-s0")
+    images, masks = m.synthesise(2, 0, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, m.predict(images, 0))
+
+
+def test_c2gr_variants_applies_overrides_and_keeps_one_row_per_variant(tmp_path):
+    args = ["--quick", "--out", str(tmp_path), "--set", "prompt.relation_norm=row", "--set", "prompt.residual=true"]
+    row = script("c2gr_variants").main(["--name", "rr", *args])
+    cfg = json.loads((tmp_path / "runs" / "rr-s0" / "config.json").read_text())
+    assert (cfg["prompt"]["relation_norm"], cfg["prompt"]["residual"]) == ("row", True)
+    assert -1.0 <= row["prompt_cosine_offdiag"]["mean"] <= 1.0 and len(row["matrix_percent"]) == 2
+    script("c2gr_variants").main(["--name", "plain", "--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "c2gr_variants.json").read_text())["rows"]
+    assert set(saved) == {"rr-s0", "plain-s0"} and saved["plain-s0"]["overrides"] == []
