@@ -15,11 +15,11 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: env test stream notebook lab clean-env
 
 # `make stream` runs the full-stream notebook on the synthetic 20-task stream at the bench preset
-# (FineTune, JointTrain, C2GR; about 20 minutes on 2 cores) through papermill into
+# (FineTune, JointTrain, C2GR; about 25 minutes on 2 cores) through papermill into
 # runs/<date>_05_full_stream_<TAG>/.
 # Override e.g. `make stream PARAMS='-p n_tasks 6 -p methods "[finetune, c2gr]"'`.
 TAG ?= $(shell date +%H%M%S)
-STREAM_PARAMS ?= -p stream synthetic-paper-20 -p preset_name bench -p config_overrides "{}" -p ablation "[]" -p progress true
+STREAM_PARAMS ?= -p stream synthetic-paper-20 -p preset_name bench -p config_overrides '{"train.gen_epochs": 40}' -p ablation "[]" -p progress true
 PARAMS ?=
 NB ?= notebooks/05_full_stream.ipynb
 

@@ -37,7 +37,8 @@ def prompt_separation(run: Path) -> dict:
     z = torch.nn.functional.normalize(z.detach(), dim=1)
     s = (z @ z.T).numpy()
     off = s[~np.eye(len(s), dtype=bool)]
-    return {"min": float(off.min()), "mean": float(off.mean()), "max": float(off.max())}
+    return {"min": float(off.min()), "mean": float(off.mean()), "max": float(off.max()),
+            "names": [c.name for c in m.ctx.cards], "matrix": s.round(3).tolist()}
 
 
 def main(argv=None) -> dict:

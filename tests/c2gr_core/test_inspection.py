@@ -52,9 +52,12 @@ def test_prompt_similarity_under_rups_and_without(tmp_path):
     assert 0 <= s["eta"] <= 1 and s["eta"] == pytest.approx(0.5)         # untrained: the initial eta
     assert list(s["subgraph_weights"]) == ["I", "A", "SO", "I+A", "I+SO", "A+SO"]
     assert sum(s["subgraph_weights"].values()) == pytest.approx(1.0)
+    row_norm = m.ctx.cfg.prompt.relation_norm == "row"
     for key, a in s["attention"].items():                                  # eq. 4 row sums
         assert a.shape == (T, T)
-        np.testing.assert_allclose(a.sum(1), s["eta"] + (1 - s["eta"]) * s["component_cosine"][key].sum(1), atol=1e-5)
+        cos = s["component_cosine"][key]
+        mass = np.abs(cos).sum(1) if row_norm else 1.0                     # rups.py: relation_norm
+        np.testing.assert_allclose(a.sum(1), s["eta"] + (1 - s["eta"]) * cos.sum(1) / mass, atol=1e-5)
     assert inspection.prompt_similarity(m, round=1)["segmentor"].shape == (2, 2)
     plain = inspection.prompt_similarity(_method("c2gr-norups", tmp_path))
     assert "eta" not in plain and not np.allclose(plain["segmentor"], plain["generator"])
