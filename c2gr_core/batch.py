@@ -64,12 +64,15 @@ def _parameter_nodes(path: Path) -> list[ast.stmt]:
 
 
 def notebook_parameter_types(path: Path) -> dict[str, str]:
-    """The annotations of the parameters cell (`n_tasks: int | None = None`), as source text."""
+    """The annotations of the parameters cell (`n_tasks: Optional[int] = None`), as source text."""
     return {n.target.id: ast.unparse(n.annotation) for n in _parameter_nodes(path)
             if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "None": None}
+# Annotations in the typing spelling (`Optional[int]`, `Union[str, list]`): papermill's parameter
+# parser reads those and warns "unknown parameter" on the `int | None` spelling.
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "None": None,
+          "Optional": typing.Optional, "Union": typing.Union}
 
 
 def _fits(value, hint) -> bool:
