@@ -41,15 +41,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "ablation.json"))
     args = ap.parse_args(argv)
-    rows = {v: variant_row(finished_run(args.runs, v, args.seed)) for v in VARIANTS}
-    for ref in REFERENCES:  # optional: shown when the table has them
+    rows = {"c2gr": variant_row(finished_run(args.runs, "c2gr", args.seed))}
+    missing = []
+    for name in [*VARIANTS[1:], *REFERENCES]:  # shown when the table has them, listed as missing if not
         try:
-            rows[ref] = variant_row(finished_run(args.runs, ref, args.seed))
+            rows[name] = variant_row(finished_run(args.runs, name, args.seed))
         except SystemExit:
-            pass
-    result = {"seed": args.seed, "runs": args.runs, "variants": rows,
-              "drop_without_bjd": rows["c2gr"]["overall"] - rows["c2gr-njd"]["overall"],
-              "drop_without_rups": rows["c2gr"]["overall"] - rows["c2gr-norups"]["overall"]}
+            missing.append(name)
+    drop = {f"drop_without_{what}": rows["c2gr"]["overall"] - rows[v]["overall"] if v in rows else None
+            for what, v in (("bjd", "c2gr-njd"), ("rups", "c2gr-norups"))}
+    result = {"seed": args.seed, "runs": args.runs, "variants": rows, "missing": missing, **drop}
     out = write_json(result, args.out)
 
     import matplotlib

@@ -48,6 +48,8 @@ def test_ablation_and_replay_quality_read_the_table_runs(table, tmp_path):
     runs = str(out / "runs")
     ab = script("ablation").main(["--runs", runs, "--out", str(tmp_path / "ablation.json")])
     assert set(ab["variants"]) >= {"c2gr", "c2gr-njd", "c2gr-norups", "finetune", "joint"}
+    assert ab["missing"] == ["gr"]                                  # the quick table has no GR run
+    assert ab["drop_without_bjd"] == ab["variants"]["c2gr"]["overall"] - ab["variants"]["c2gr-njd"]["overall"]
     assert (tmp_path / "ablation.png").is_file()
     rq = script("replay_quality").main(["--runs", runs, "--out", str(tmp_path / "rq.json")])
     assert (tmp_path / "rq.png").is_file()
