@@ -35,10 +35,10 @@ test: env
 	$(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbval-lax --nbval-current-env
 
 stream: env
-	$(BIN)/python -m c2gr_core.batch notebooks/05_full_stream.ipynb --tag stream-$(TAG) $(STREAM_PARAMS) $(PARAMS)
+	$(BIN)/python -m c2gr_core.interface.batch notebooks/05_full_stream.ipynb --tag stream-$(TAG) $(STREAM_PARAMS) $(PARAMS)
 
 notebook: env
-	$(BIN)/python -m c2gr_core.batch $(NB) --tag $(TAG) $(PARAMS)
+	$(BIN)/python -m c2gr_core.interface.batch $(NB) --tag $(TAG) $(PARAMS)
 
 lab: env
 	$(BIN)/jupyter lab notebooks

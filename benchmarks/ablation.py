@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, TABLE_RUNS, finished_run, write_json  # noqa: E402
-from c2gr_core.runs import read_run  # noqa: E402
+from c2gr_core.experiment.runs import read_run  # noqa: E402
 
 VARIANTS = ["c2gr", "c2gr-njd", "c2gr-norups"]
 REFERENCES = ["finetune", "gr", "joint"]

@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
-from c2gr_core.cli import apply_overrides  # noqa: E402
-from c2gr_core.runs import load_method, read_run  # noqa: E402
-from c2gr_core.stream import run_stream  # noqa: E402
+from c2gr_core.interface.cli import apply_overrides  # noqa: E402
+from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
+from c2gr_core.experiment.runner import run_stream  # noqa: E402
 
 
 def prompt_separation(run: Path) -> dict:

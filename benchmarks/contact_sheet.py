@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from c2gr_core.viz import contact_sheet  # noqa: E402
+from c2gr_core.interface.viz import contact_sheet  # noqa: E402
 from data_catalog.catalog import get_card, load_stream  # noqa: E402
 from data_catalog.synthetic import synthetic_task  # noqa: E402
 

@@ -35,15 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
-from c2gr_core.cli import apply_overrides  # noqa: E402
+from c2gr_core.interface.cli import apply_overrides  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
-from c2gr_core.coupled import C2GRModel  # noqa: E402
+from c2gr_core.methods.coupled import C2GRModel  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_ema, make_scheduler, njd_loss, sample_pairs  # noqa: E402
 from c2gr_core.losses import seg_loss  # noqa: E402
 from c2gr_core.methods.finetune import FineTune  # noqa: E402
-from c2gr_core.quality import SegmentorFeatures, correspondence_dsc, feature_fid  # noqa: E402
-from c2gr_core.runs import method_context  # noqa: E402
-from c2gr_core.stream import evaluate  # noqa: E402
+from c2gr_core.analysis.quality import SegmentorFeatures, correspondence_dsc, feature_fid  # noqa: E402
+from c2gr_core.experiment.runs import method_context  # noqa: E402
+from c2gr_core.experiment.runner import evaluate  # noqa: E402
 from data_catalog.catalog import get_card  # noqa: E402
 from data_catalog.synthetic import synthetic_task  # noqa: E402
 

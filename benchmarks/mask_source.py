@@ -30,8 +30,8 @@ from benchmarks._common import RESULTS, TABLE_RUNS, write_json  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
 from c2gr_core.methods import register  # noqa: E402
 from c2gr_core.methods.c2gr import C2GR  # noqa: E402
-from c2gr_core.runs import read_run  # noqa: E402
-from c2gr_core.stream import run_stream  # noqa: E402
+from c2gr_core.experiment.runs import read_run  # noqa: E402
+from c2gr_core.experiment.runner import run_stream  # noqa: E402
 
 
 @register("c2gr-relabel")

@@ -39,7 +39,7 @@ def child(spec: dict) -> dict:
     import torch
 
     from c2gr_core.config import preset
-    from c2gr_core.stream import run_stream
+    from c2gr_core.experiment.runner import run_stream
     from data_catalog.catalog import load_stream
 
     torch.set_num_threads(spec["threads"])

@@ -34,8 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; without i
 
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.methods import available_methods  # noqa: E402
-from c2gr_core.report import write_report  # noqa: E402
-from c2gr_core.stream import run_stream  # noqa: E402
+from c2gr_core.analysis.report import write_report  # noqa: E402
+from c2gr_core.experiment.runner import run_stream  # noqa: E402
 
 STREAM = ["synthetic:fundus-a", "synthetic:fundus-c", "synthetic:mms-a", "synthetic:mms-b",
           "synthetic:brats-t1", "synthetic:brats-flair", "synthetic:kits", "synthetic:lits", "synthetic:busi"]

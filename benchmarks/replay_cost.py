@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, TABLE_RUNS, finished_run, write_json  # noqa: E402
 from c2gr_core.diffusion import sample_pairs  # noqa: E402
-from c2gr_core.quality import correspondence_dsc  # noqa: E402
-from c2gr_core.runs import load_method  # noqa: E402
+from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
+from c2gr_core.experiment.runs import load_method  # noqa: E402
 
 SAMPLERS = [("ddpm", 200), ("ddim", 50), ("ddim", 25), ("ddim", 10)]
 

@@ -25,9 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
 from benchmarks.generator_recipes import train_reference  # noqa: E402
-from c2gr_core.inspection import load_pairs, replay_samples  # noqa: E402
-from c2gr_core.quality import correspondence_dsc  # noqa: E402
-from c2gr_core.runs import method_context, read_run, run_cards  # noqa: E402
+from c2gr_core.analysis.inspection import load_pairs, replay_samples  # noqa: E402
+from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
+from c2gr_core.experiment.runs import method_context, read_run, run_cards  # noqa: E402
 from c2gr_core.config import ExperimentConfig  # noqa: E402
 
 

@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, TABLE_RUNS, finished_run, write_json  # noqa: E402
-from c2gr_core.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, replay_quality  # noqa: E402
-from c2gr_core.runs import load_method, load_run_task  # noqa: E402
+from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, replay_quality  # noqa: E402
+from c2gr_core.experiment.runs import load_method, load_run_task  # noqa: E402
 
 METHODS = {"BJD (c2gr)": "c2gr", "NJD (c2gr-njd)": "c2gr-njd"}
 

@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
-from c2gr_core.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
+from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_scheduler  # noqa: E402
 from c2gr_core.losses import seg_loss  # noqa: E402
-from c2gr_core.prompts import encode_tasks  # noqa: E402
-from c2gr_core.text_encoders import get_text_encoder  # noqa: E402
+from c2gr_core.prompting.prompts import encode_tasks  # noqa: E402
+from c2gr_core.prompting.text_encoders import get_text_encoder  # noqa: E402
 from data_catalog.catalog import entry_card, parse_entry  # noqa: E402
 
 TASKS = ["synthetic:fundus-a", "synthetic:mms-a"]   # round 1 of a stream: task 1 current, task 0 replayed

@@ -13,6 +13,18 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# The allowed values of the choice fields. They live here, at the bottom layer, so that `validate` can
+# check a config without importing the modules that implement the choices (which import this one).
+SCHEDULES = ("linear_beta", "scaled_linear_beta")
+OBJECTIVES = ("bjd", "njd")
+SAMPLERS = ("ddpm", "ddim")
+MASK_CODES = ("onehot",)
+PREDICTIONS = ("eps", "v")
+WEIGHTINGS = ("uniform", "min_snr")
+REPLAY_TARGETS = ("data", "teacher")
+ENCODERS = ("minilm", "open_clip", "hash")
+RELATION_NORMS = ("none", "row")
+
 
 @dataclass
 class DataConfig:
@@ -266,10 +278,6 @@ def _type_name(hint: Any) -> str:
 
 def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
     """section.key -> (check(value) -> bool, what the value must be). Types are checked first."""
-    from .diffusion import MASK_CODES, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS
-    from .rups import RELATION_NORMS
-    from .text_encoders import ENCODERS
-
     pos = (lambda v: v >= 1, "an integer >= 1")
     pos_all = (lambda v: len(v) > 0 and all(c >= 1 for c in v), "a non-empty list of integers >= 1")
     above0 = (lambda v: v > 0, "a number > 0")
@@ -290,7 +298,7 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.schedule": one_of(SCHEDULES),
         "diffusion.beta_start": (lambda v: 0 < v < cfg.diffusion.beta_end, "> 0 and < diffusion.beta_end"),
         "diffusion.beta_end": (lambda v: v < 1, "< 1"),
-        "diffusion.objective": one_of(("bjd", "njd")),
+        "diffusion.objective": one_of(OBJECTIVES),
         "diffusion.sampler": one_of(SAMPLERS),
         "diffusion.sample_steps": (lambda v: 1 <= v <= cfg.diffusion.num_train_timesteps,
                                    ">= 1 and <= diffusion.num_train_timesteps"),
@@ -352,6 +360,37 @@ def validate(cfg: "ExperimentConfig") -> "ExperimentConfig":
         if device == "mps" and not torch.backends.mps.is_available():
             raise ValueError("train.device is 'mps', but torch finds no MPS device here")
     return cfg
+
+
+def apply_overrides(cfg, items: list[str]):
+    """`--set section.key=value` overrides, typed like the default they replace."""
+    for item in items or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects section.key=value (e.g. train.epochs=5), got {item!r}")
+        key, raw = item.split("=", 1)
+        section, field = key.split(".", 1)
+        if not hasattr(cfg, section) or not is_dataclass(getattr(cfg, section)):
+            raise ValueError(f"--set {item!r}: unknown section {section!r}; sections: "
+                             f"{[f.name for f in fields(cfg) if is_dataclass(getattr(cfg, f.name))]}")
+        sec = getattr(cfg, section)
+        names = [f.name for f in fields(sec)]
+        if field not in names:
+            raise ValueError(f"--set {item!r}: unknown key {field!r} in {section}; keys: {names}")
+        old = getattr(sec, field)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(old, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(old, bool) and not isinstance(value, bool):
+            raise ValueError(f"--set {item!r}: {key} is a boolean (true/false)")
+        elif isinstance(old, float) and isinstance(value, int):
+            value = float(value)
+        elif old is not None and not isinstance(value, type(old)):
+            raise ValueError(f"--set {item!r}: {key} must be {type(old).__name__}, got {raw!r}")
+        setattr(sec, field, value)
+    return validate(cfg)  # ranges and allowed values, named by section.key
 
 
 def config_diff(a: "ExperimentConfig", b: "ExperimentConfig") -> list[str]:

@@ -27,6 +27,10 @@ class Split:
     def subset(self, idx) -> "Split":
         return Split(self.images[idx], self.masks[idx])
 
+    def tensors(self, idx=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images float32 (B, 3, H, W), masks long (B, H, W)) of the pairs `idx`, as a batch."""
+        return torch.from_numpy(np.asarray(self.images[idx])), torch.from_numpy(np.asarray(self.masks[idx])).long()
+
 
 @dataclass
 class TaskData:

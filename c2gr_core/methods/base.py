@@ -5,6 +5,12 @@
 and, for evaluation, predict(images, task). State for checkpoints comes from `modules()` plus
 `extra_state()`. A method is one file in this package that subclasses Method and is decorated
 with @register("name").
+
+What the analysis tools may ask of a method beyond that is declared here too, each with a default
+that says "this method has none": `segmentation_path()` (downstream fine-tuning), `features()`
+(feature-FID, t-SNE), `task_prompts()` / `prompt_graph()` (prompt heatmaps), `sample_pairs()` when
+`generates_pairs` (fresh image-mask pairs), `last_round()`, and `loaded_from` (set when a method is
+rebuilt from a run directory).
 """
 from __future__ import annotations
 
@@ -19,17 +25,17 @@ from torch import nn
 
 from data_catalog.schema import TaskCard
 
-from .. import distributed
-from ..access import TaskAccess
+from ..training import distributed
+from ..training.access import TaskAccess
 from ..config import ExperimentConfig
-from ..coupled import prompt_pool
+from ..prompting.prompts import prompt_pool
 from ..losses import predict as predict_labels
 from ..losses import seg_loss
 from ..models.segmentor import PromptedUNet
-from ..prompts import TaskEmbeddings
-from ..replay import ReplayStore
-from ..rups import PlainPrompt
-from ..trainer import Trainer
+from ..prompting.prompts import TaskEmbeddings
+from ..training.replay import ReplayStore
+from ..prompting.rups import PlainPrompt
+from ..training.trainer import Trainer
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Method:
     name = "method"
     privacy_preserving = True   # False: the method stores or reads real past data
     reads_past_data = False     # True: TaskAccess lets it read every task seen so far (JointTrain)
+    generates_pairs = False     # True: sample_pairs() draws image-mask pairs (the C2GR family)
+    loaded_from: dict | None = None  # {"run_dir", "round"} when rebuilt by experiment.runs.load_method
 
     def __init__(self, ctx: StreamContext):
         self.ctx = ctx
@@ -105,6 +113,41 @@ class Method:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- optional capabilities (used by c2gr_core.analysis) --------------------------------
+    def last_round(self) -> int:
+        """The last round the method has trained (default: the stream's last)."""
+        return len(self.ctx.cards) - 1
+
+    def segmentation_path(self) -> tuple[nn.Module, nn.Module] | None:
+        """(segmentor, prompt module mapping a prompt pool to (T, P)) of the one universal segmentor,
+        or None when the method has none."""
+        return None
+
+    def task_prompts(self, t: int) -> dict[str, torch.Tensor]:
+        """{"segmentor": (t+1, P), and "generator" when it has one} prompts of tasks 0..t after round t."""
+        return {}
+
+    def prompt_graph(self) -> nn.Module | None:
+        """The RUPS prompt graph, when the method's prompts come from one."""
+        return None
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, task: int) -> torch.Tensor:
+        """Pooled prompt-modulated bottleneck features of the segmentor for `task` (Fig. 8, feature-FID)."""
+        path = self.segmentation_path()
+        if path is None:
+            raise TypeError(f"method {self.name!r} has no universal segmentor to take features from")
+        segmentor = path[0].eval()
+        z = self.task_prompts(max(self.last_round(), task))["segmentor"][task]
+        return segmentor.features(images.to(self.ctx.device), z.expand(len(images), -1)).cpu()
+
+    @torch.no_grad()
+    def sample_pairs(self, task: int, n: int, generator: torch.Generator, steps: int | None = None,
+                     after_round: int | None = None, progress: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """n fresh image-mask pairs of `task` from the method's generator (when `generates_pairs`)."""
+        raise TypeError(f"method {self.name!r} has no image-mask generator; only the C2GR family "
+                        "(c2gr, c2gr-njd, c2gr-norups, cgr) generates pairs")
 
     # --- state ---------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -172,6 +215,13 @@ class SegmentorMethod(Method):
         """(t+1, P) prompts of the tasks seen so far."""
         return self.seg_prompt(prompt_pool(self.ctx.emb, t))
 
+    def segmentation_path(self) -> tuple[nn.Module, nn.Module]:
+        return self.segmentor, self.seg_prompt
+
+    @torch.no_grad()
+    def task_prompts(self, t: int) -> dict[str, torch.Tensor]:
+        return {"segmentor": self.seg_prompts(t)}
+
     def seg_loss_on(self, images, masks, tasks, prompts) -> torch.Tensor:
         d = self.ctx.device
         logits = self.segmentor(images.to(d), prompts[tasks.to(d)])
@@ -188,8 +238,7 @@ class SegmentorMethod(Method):
         """Yields (images, masks, tasks) of the readable training data, one epoch."""
         split = data.train(t)
         for idx in epoch_batches(len(split), self.ctx.cfg.train.batch_size, rng):
-            yield (torch.from_numpy(np.asarray(split.images[idx])), torch.from_numpy(np.asarray(split.masks[idx])).long(),
-                   torch.full((len(idx),), t, dtype=torch.long))
+            yield (*split.tensors(idx), torch.full((len(idx),), t, dtype=torch.long))
 
     def trainer(self, params, callbacks=()) -> Trainer:
         tc = self.ctx.cfg.train

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import distributed
-from ..coupled import C2GRModel, PairBatch, coupled_loss
+from ..training import distributed
+from .coupled import C2GRModel, PairBatch, coupled_loss
 from ..diffusion import sample_pairs
-from ..trainer import Trainer
+from ..losses import predict as predict_labels
+from ..training.trainer import Trainer
 from . import register
 from .base import Method, StreamContext, epoch_batches, steps_per_epoch
 from .generative import GenerativeReplay
@@ -20,6 +21,7 @@ class C2GR(GenerativeReplay, Method):
     objective = "bjd"     # eq. 3
     coupled = True        # RUPS: one prompt graph shared by both networks
     sequential = False    # CGR trains the two networks one after the other instead
+    generates_pairs = True
 
     @classmethod
     def forced_settings(cls) -> dict:
@@ -49,14 +51,39 @@ class C2GR(GenerativeReplay, Method):
 
     @torch.no_grad()
     def synthesise(self, t: int, j: int, n: int, generator: torch.Generator):
+        # The prompts as they stood after round t-1.
+        return self.sample_pairs(j, n, generator, after_round=t - 1,
+                                 progress=f"replay task {j + 1}/{t}" if self.ctx.progress else False)
+
+    @torch.no_grad()
+    def sample_pairs(self, task: int, n: int, generator: torch.Generator, steps: int | None = None,
+                     after_round: int | None = None, progress: bool | str = False):
+        """n pairs of `task` prompted as after round `after_round` (default: the last trained, or the
+        task's own round if later), sampled by the weights that sample the replay (the EMA if any).
+        Images (n, 3, H, W) in [-1, 1], labels (n, H, W) long."""
         cfg = self.ctx.cfg
-        z_gen = self.generator_prompts(t - 1)  # the prompts as they stood after round t-1
-        images, labels = sample_pairs(self.replay_denoiser, z_gen[j], n, cfg.data.image_size, self.model.codec,
-                                      cfg=cfg.diffusion, generator=generator,
-                                      progress=f"replay task {j + 1}/{t}" if self.ctx.progress else False)
+        r = max(self.last_round(), task) if after_round is None else after_round
+        z_gen = self.generator_prompts(r)
+        images, labels = sample_pairs(self.replay_denoiser, z_gen[task], n, cfg.data.image_size, self.model.codec,
+                                      cfg=cfg.diffusion, steps=steps, generator=generator, progress=progress)
         # A generated label the task does not have cannot be trusted as any of its classes.
-        labels[labels > self.ctx.cards[j].n_classes] = 0
+        labels[labels > self.ctx.cards[task].n_classes] = 0
         return images, labels
+
+    def last_round(self) -> int:
+        return self.seen if self.seen >= 0 else len(self.ctx.cards) - 1
+
+    def segmentation_path(self):
+        m = self.model
+        return m.segmentor, (m.prompt if m.rups else m.seg_prompt)
+
+    @torch.no_grad()
+    def task_prompts(self, t: int) -> dict[str, torch.Tensor]:
+        z_seg, z_gen = self.model.prompts(self.ctx.emb, t)
+        return {"segmentor": z_seg, "generator": z_gen}
+
+    def prompt_graph(self):
+        return self.model.prompt if self.model.rups else None
 
     def _param_groups(self, segmentor: bool, generator: bool) -> list[dict]:
         tc, m = self.ctx.cfg.train, self.model
@@ -91,11 +118,9 @@ class C2GR(GenerativeReplay, Method):
 
             def batches(epoch):
                 for idx in epoch_batches(len(split), cfg.train.batch_size, rng):  # this rank's shard
-                    cur = PairBatch(torch.from_numpy(np.asarray(split.images[idx])),
-                                    torch.from_numpy(np.asarray(split.masks[idx])).long(),
-                                    torch.full((len(idx),), t, dtype=torch.long))
+                    cur = PairBatch(*split.tensors(idx), torch.full((len(idx),), t, dtype=torch.long))
                     rep = replay.sample(cfg.train.batch_size, rng=rep_rng) if replay is not None else None
-                    yield cur, (PairBatch(rep.images, rep.masks, rep.tasks) if rep is not None else None)
+                    yield cur, rep
 
             # A prompt shared with the segmentor (RUPS) learns only while the segmentor does.
             train_prompt = phase["train_segmentor"] or not self.model.rups
@@ -116,22 +141,12 @@ class C2GR(GenerativeReplay, Method):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int) -> torch.Tensor:
-        from ..losses import predict as predict_labels
-
         self.model.eval()
         d = self.ctx.device
         z_seg, _ = self.model.prompts(self.ctx.emb, max(self.seen, task))
         tasks = torch.full((len(images),), task, dtype=torch.long, device=d)
         logits = self.model.segmentor(images.to(d), z_seg[tasks])
         return predict_labels(logits, self.ctx.n_classes.to(d)[tasks]).cpu()
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, task: int) -> torch.Tensor:
-        """Pooled segmentor bottleneck features (t-SNE of Fig. 8)."""
-        self.model.eval()
-        z_seg, _ = self.model.prompts(self.ctx.emb, max(self.seen, task))
-        return self.model.segmentor.features(images.to(self.ctx.device),
-                                             z_seg[task].expand(len(images), -1)).cpu()
 
 
 @register("c2gr-njd")

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..coupled import prompt_pool
+from ..training import distributed
+from ..prompting.prompts import prompt_pool
 from ..models.segmentor import PromptedUNet
 from . import register
 from .base import SegmentorMethod

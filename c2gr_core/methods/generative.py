@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..diffusion import make_ema, make_scheduler
-from ..replay import ReplayStore
+from ..training.replay import ReplayStore
 
 
 class EMACallback:

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
+from ..training import distributed
 from ..config import DenoiserConfig
-from ..coupled import prompt_pool
+from ..prompting.prompts import prompt_pool
 from ..diffusion import Teacher, image_loss, reverse_chain
 from ..models.denoiser import Denoiser
-from ..rups import PlainPrompt
-from ..trainer import Trainer
+from ..prompting.rups import PlainPrompt
+from ..training.trainer import Trainer
 from . import register
 from .base import SegmentorMethod, epoch_batches, steps_per_epoch
 from .generative import GenerativeReplay

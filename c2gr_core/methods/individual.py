@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..coupled import prompt_pool
+from ..prompting.prompts import prompt_pool
 from ..losses import predict as predict_labels
 from ..models.segmentor import PromptedUNet
-from ..rups import PlainPrompt
+from ..prompting.rups import PlainPrompt
 from . import register
 from .base import SegmentorMethod
 

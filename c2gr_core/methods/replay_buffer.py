@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import distributed
-from ..replay import ReplayStore
+from ..training import distributed
+from ..training.replay import ReplayStore
 from . import register
 from .base import SegmentorMethod
 

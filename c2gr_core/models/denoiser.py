@@ -11,7 +11,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from c2gr_core.config import DenoiserConfig
+from ..config import DenoiserConfig
 
 
 class Denoiser(nn.Module):

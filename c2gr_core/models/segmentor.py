@@ -19,7 +19,7 @@ import torch
 from monai.networks.blocks import Convolution, CrossAttentionBlock, ResidualUnit, UpSample
 from torch import nn
 
-from c2gr_core.config import SegmentorConfig
+from ..config import SegmentorConfig
 
 
 class PromptCrossAttention(nn.Module):

@@ -125,7 +125,7 @@ def test_mask_source_relabels_c2gr_replay_with_the_segmentor(table, tmp_path):
     assert 0.0 <= r["rows"]["c2gr-relabel"]["overall"] <= 100.0
     import torch
 
-    from c2gr_core.runs import load_method
+    from c2gr_core.experiment.runs import load_method
     m = load_method(tmp_path / "runs" / "c2gr-relabel-s0")
     images, masks = m.synthesise(2, 0, 3, torch.Generator().manual_seed(0))
     assert torch.equal(masks, m.predict(images, 0))

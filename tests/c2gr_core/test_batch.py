@@ -9,7 +9,7 @@ import papermill
 import pytest
 import yaml
 
-from c2gr_core import batch
+from c2gr_core.interface import batch
 
 
 def _notebook(path, params: str, body: str):

@@ -2,10 +2,10 @@
 import torch
 
 from c2gr_core.config import preset
-from c2gr_core.coupled import C2GRModel, PairBatch, coupled_loss
+from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss
 from c2gr_core.diffusion import make_scheduler, sample_pairs
-from c2gr_core.prompts import encode_tasks
-from c2gr_core.text_encoders import HashEncoder
+from c2gr_core.prompting.prompts import encode_tasks
+from c2gr_core.prompting.text_encoders import HashEncoder
 from data_catalog.catalog import get_card
 from data_catalog.synthetic import synthetic_task
 

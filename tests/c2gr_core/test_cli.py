@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from c2gr_core.cli import main
+from c2gr_core.interface.cli import main
 
 
 def test_tasks_lists_catalog_and_streams(capsys):

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from c2gr_core.config import preset
-from c2gr_core.coupled import C2GRModel, PairBatch, coupled_loss, prompt_pool
+from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss, prompt_pool
 from c2gr_core.diffusion import make_scheduler
-from c2gr_core.prompts import encode_tasks
-from c2gr_core.text_encoders import HashEncoder
+from c2gr_core.prompting.prompts import encode_tasks
+from c2gr_core.prompting.text_encoders import HashEncoder
 from data_catalog.schema import card_from_dict
 
 CARDS = [card_from_dict({"name": n, "modality": m, "anatomy": a, "objective": o, "classes": c})

@@ -12,8 +12,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig, preset
-from c2gr_core.diffusion import (MaskCodec, NoiseDraws, add_noise, bjd_loss, ddim_step, ddpm_step, draw_noise,
-                                 make_scheduler, njd_loss, sample_pairs, timestep_grid)
+from c2gr_core.diffusion import MaskCodec, NoiseDraws, add_noise, bjd_loss, ddim_step, ddpm_step, draw_noise, make_scheduler, njd_loss, sample_pairs, timestep_grid
 from c2gr_core.models.denoiser import Denoiser
 
 B, M, H = 3, 3, 8          # batch, mask channels (2 foreground classes + background), image side

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig
-from c2gr_core.diffusion import (MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss,
-                                 reverse_chain, sample_pairs, snr_weights, x0_and_eps)
+from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, reverse_chain, sample_pairs, snr_weights, x0_and_eps
 from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
 
 V_MIN_SNR = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from c2gr_core import distributed
+from c2gr_core.training import distributed
 from c2gr_core.config import preset
-from c2gr_core.coupled import C2GRModel, PairBatch, coupled_loss
+from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss
 from c2gr_core.diffusion import make_scheduler
 from c2gr_core.methods.base import epoch_batches, steps_per_epoch
-from c2gr_core.prompts import encode_tasks
-from c2gr_core.text_encoders import HashEncoder
-from c2gr_core.trainer import Trainer
+from c2gr_core.prompting.prompts import encode_tasks
+from c2gr_core.prompting.text_encoders import HashEncoder
+from c2gr_core.training.trainer import Trainer
 from data_catalog.schema import card_from_dict
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

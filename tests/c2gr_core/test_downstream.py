@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from c2gr_core.downstream import SCRATCH, adapt, extend_pool, segmentation_path, table_rows
+from c2gr_core.analysis.downstream import SCRATCH, adapt, extend_pool, segmentation_path, table_rows
 from c2gr_core.methods import get_method
-from c2gr_core.runs import load_method, method_context
-from c2gr_core.text_encoders import HashEncoder
+from c2gr_core.experiment.runs import load_method, method_context
+from c2gr_core.prompting.text_encoders import HashEncoder
 from data_catalog.catalog import get_card
 
 from tiny_runs import small_cfg, tiny_runs

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from c2gr_core import inspection
+from c2gr_core.analysis import inspection
 from c2gr_core.methods import get_method
-from c2gr_core.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
-from c2gr_core.runs import load_method, load_run_task, method_context
+from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
+from c2gr_core.experiment.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
 
 from tiny_runs import STREAM, small_cfg, tiny_runs

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from c2gr_core.losses import (ce_loss, dice_counts, dice_loss, dice_per_class, predict, seg_loss,
-                              task_dsc)
+from c2gr_core.losses import ce_loss, dice_counts, dice_loss, dice_per_class, predict, seg_loss, task_dsc
 
 EPS = 1e-5  # MONAI DiceLoss smooth_nr = smooth_dr
 

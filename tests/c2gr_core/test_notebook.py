@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from c2gr_core import notebook
+from c2gr_core.interface import notebook
 
 from tiny_runs import small_cfg
 
@@ -66,7 +66,7 @@ def test_ensure_runs_makes_reuses_and_checks_runs(tmp_path):
 
 
 def test_ensure_runs_refuses_an_unfinished_given_run(tmp_path):
-    from c2gr_core.stream import run_stream
+    from c2gr_core.experiment.runner import run_stream
 
     run = run_stream(["synthetic:busi", "synthetic:glas"], "finetune", small_cfg(), tmp_path / "cut", progress=False,
                      max_rounds=1).out_dir

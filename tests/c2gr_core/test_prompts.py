@@ -4,8 +4,8 @@ import warnings
 import pytest
 import torch
 
-from c2gr_core.prompts import (SUBSETS, attribute_phrases, encode_tasks, sites_needed, task_prompt)
-from c2gr_core.text_encoders import HashEncoder
+from c2gr_core.prompting.prompts import SUBSETS, attribute_phrases, encode_tasks, sites_needed, task_prompt
+from c2gr_core.prompting.text_encoders import HashEncoder
 from data_catalog.schema import card_from_dict
 
 

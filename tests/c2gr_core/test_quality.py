@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from c2gr_core.models.segmentor import PromptedUNet
-from c2gr_core.quality import (CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures,
-                               SegmentorFeatures, correspondence_dsc, feature_fid, learnable_params, replay_quality)
-from c2gr_core.rups import PlainPrompt
-from c2gr_core.runs import load_method, load_run_task, method_context
+from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures, SegmentorFeatures, correspondence_dsc, feature_fid, learnable_params, replay_quality
+from c2gr_core.prompting.rups import PlainPrompt
+from c2gr_core.experiment.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
 
 from tiny_runs import STREAM, small_cfg, tiny_runs

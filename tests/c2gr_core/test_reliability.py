@@ -20,13 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
-from c2gr_core.cli import apply_overrides, main
+from c2gr_core.interface.cli import apply_overrides, main
 from c2gr_core.config import preset
 from c2gr_core.methods import get_method
 from c2gr_core.methods.c2gr import C2GR
-from c2gr_core.replay import ReplayStore
-from c2gr_core.rundir import LOCK_NAME, lock
-from c2gr_core.stream import run_stream
+from c2gr_core.training.replay import ReplayStore
+from c2gr_core.experiment.rundir import LOCK_NAME, lock
+from c2gr_core.experiment.runner import run_stream
 from tiny_runs import Crash, crash_in_next_round, small_cfg
 
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]
@@ -262,7 +262,7 @@ def test_notebook_parameter_of_the_wrong_type(tmp_path, capsys):
 
 
 def test_the_real_command_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "c2gr_core.cli", "run", "--stream", "synthetic-paper-20",
+    proc = subprocess.run([sys.executable, "-m", "c2gr_core", "run", "--stream", "synthetic-paper-20",
                            "--method", "c2gr", "--out", str(tmp_path / "x"), "--set", "train.batch_size=0"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2

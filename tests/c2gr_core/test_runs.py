@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from c2gr_core.losses import task_dsc
-from c2gr_core.runs import load_method, load_run_task, read_matrix, read_run
-from c2gr_core.stream import evaluate
+from c2gr_core.experiment.runs import load_method, load_run_task, read_matrix, read_run
+from c2gr_core.experiment.runner import evaluate
 
 from tiny_runs import STREAM, small_cfg, tiny_runs
 

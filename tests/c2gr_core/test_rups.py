@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from c2gr_core.config import PromptConfig, preset
-from c2gr_core.prompts import SUBSETS, encode_tasks, subset_key
-from c2gr_core.rups import PlainPrompt, PromptGraph, build_prompt_module
-from c2gr_core.text_encoders import HashEncoder
+from c2gr_core.prompting.prompts import SUBSETS, encode_tasks, subset_key
+from c2gr_core.prompting.rups import PlainPrompt, PromptGraph, build_prompt_module
+from c2gr_core.prompting.text_encoders import HashEncoder
 from data_catalog.schema import card_from_dict
 
 E, NODE, Q = 12, 8, 6

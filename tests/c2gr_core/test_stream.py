@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from c2gr_core.access import DataIsolationError
+from c2gr_core.training.access import DataIsolationError
 from c2gr_core.methods import register
 from c2gr_core.methods.finetune import FineTune
-from c2gr_core.stream import run_stream
+from c2gr_core.experiment.runner import run_stream
 from tiny_runs import small_cfg
 
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a", "synthetic:busi"]

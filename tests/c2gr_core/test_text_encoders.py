@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from c2gr_core.config import PromptConfig
-from c2gr_core.text_encoders import (HashEncoder, MiniLMEncoder, OpenCLIPEncoder, get_text_encoder)
+from c2gr_core.prompting.text_encoders import HashEncoder, MiniLMEncoder, OpenCLIPEncoder, get_text_encoder
 
 
 # ------------------------------------------------------------------ MiniLM (real model, offline)

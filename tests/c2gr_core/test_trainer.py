@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from c2gr_core.trainer import Trainer
+from c2gr_core.training.trainer import Trainer
 
 
 def test_fit_minimises_and_fires_events_in_order():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from c2gr_core.viz import CLASS_COLOURS, contact_sheet, overlay
+from c2gr_core.interface.viz import CLASS_COLOURS, contact_sheet, overlay
 from data_catalog.schema import card_from_dict
 from data_catalog.taskdata import Split, TaskData
 
@@ -71,7 +71,7 @@ import json  # noqa: E402
 
 import plotly.graph_objects as go  # noqa: E402
 
-from c2gr_core import viz  # noqa: E402
+from c2gr_core.interface import viz  # noqa: E402
 
 
 def test_mask_rgb_colours_classes_on_black():

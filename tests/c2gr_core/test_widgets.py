@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from c2gr_core.config import preset
-from c2gr_core.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
-from c2gr_core.runs import load_run_task
-from c2gr_core.viz import mask_rgb, overlay
-from c2gr_core.widgets import ReplayInspector, replay_inspector, static_gallery
+from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
+from c2gr_core.experiment.runs import load_run_task
+from c2gr_core.interface.viz import mask_rgb, overlay
+from c2gr_core.interface.widgets import ReplayInspector, replay_inspector, static_gallery
 
 TASKS = ["fundus-a", "mms-a", "busi"]
 SIZE = 16

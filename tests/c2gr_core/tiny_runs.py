@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from c2gr_core.config import preset
-from c2gr_core.stream import run_stream
+from c2gr_core.experiment.runner import run_stream
 
 # mms-a brings C_max = 3, so every downstream task (GOALS has 3 classes) fits the segmentor.
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]

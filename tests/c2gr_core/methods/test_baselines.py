@@ -14,7 +14,7 @@ from c2gr_core.methods import available_methods
 from c2gr_core.methods.distill import kd_loss, local_pod
 from c2gr_core.methods.ewc import diagonal_fisher, ewc_penalty
 from c2gr_core.methods.replay_buffer import ReplayBuffer
-from c2gr_core.stream import run_stream
+from c2gr_core.experiment.runner import run_stream
 from tiny_runs import small_cfg
 from data_catalog.catalog import load_task
 

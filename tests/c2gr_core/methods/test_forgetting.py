@@ -8,7 +8,7 @@ Overall 0.83 / 0.86 / 0.81; TL 0.78-0.82 for both. The thresholds keep wide marg
 import pytest
 
 from c2gr_core.config import preset
-from c2gr_core.stream import run_stream
+from c2gr_core.experiment.runner import run_stream
 
 STREAM = ["synthetic:fundus-a", "synthetic:mms-a", "synthetic:busi"]
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from c2gr_core.access import TaskAccess
+from c2gr_core.training.access import TaskAccess
 from c2gr_core.diffusion import reverse_chain, sample_pairs
 from c2gr_core.methods import get_method
-from c2gr_core.runs import method_context
-from c2gr_core.stream import load_stream_task, resolve_entries, run_stream
+from c2gr_core.experiment.runs import method_context
+from c2gr_core.experiment.runner import load_stream_task, resolve_entries, run_stream
 from data_catalog.catalog import entry_card
 from tiny_runs import interrupt_and_resume, small_cfg
 

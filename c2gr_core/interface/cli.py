@@ -5,9 +5,8 @@ import argparse
 import os
 import sys
 
-# Nothing is downloaded at run time (DESIGN.md); open_clip / sentence-transformers obey these.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from ..config import PRESETS, apply_overrides  # noqa: F401 (apply_overrides: re-exported, its old home)
+from .runtime import use_offline_environment
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
@@ -44,46 +43,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def apply_overrides(cfg, items: list[str]):
-    """`--set section.key=value` overrides, typed like the default they replace."""
-    import dataclasses
-    import json as _json
-
-    for item in items or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set expects section.key=value (e.g. train.epochs=5), got {item!r}")
-        key, raw = item.split("=", 1)
-        section, field = key.split(".", 1)
-        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
-            raise ValueError(f"--set {item!r}: unknown section {section!r}; sections: "
-                             f"{[f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]}")
-        sec = getattr(cfg, section)
-        names = [f.name for f in dataclasses.fields(sec)]
-        if field not in names:
-            raise ValueError(f"--set {item!r}: unknown key {field!r} in {section}; keys: {names}")
-        old = getattr(sec, field)
-        try:
-            value = _json.loads(raw)
-        except _json.JSONDecodeError:
-            value = raw
-        if isinstance(old, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(old, bool) and not isinstance(value, bool):
-            raise ValueError(f"--set {item!r}: {key} is a boolean (true/false)")
-        elif isinstance(old, float) and isinstance(value, int):
-            value = float(value)
-        elif old is not None and not isinstance(value, type(old)):
-            raise ValueError(f"--set {item!r}: {key} must be {type(old).__name__}, got {raw!r}")
-        setattr(sec, field, value)
-    from .config import validate
-
-    return validate(cfg)  # ranges and allowed values, named by section.key
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import preset
-    from .methods import available_methods
-    from .stream import run_stream
+    from ..config import preset
+    from ..methods import available_methods
+    from ..experiment.runner import run_stream
 
     if args.method not in available_methods():
         raise ValueError(f"unknown --method {args.method!r}; choose one of {available_methods()}")
@@ -96,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.set)
     result = run_stream(args.stream, args.method, cfg, args.out, resume=args.resume, data_root=args.data_root,
                         progress=not args.quiet)
-    from . import distributed
+    from ..training import distributed
 
     m = result.metrics
     if m and distributed.is_main():
@@ -106,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..analysis.report import write_report
 
     out = args.out or "report"
     rows = write_report(args.runs, out)
@@ -137,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a task stream with a continual method")
     r.add_argument("--stream", required=True, help="stream name (see `c2gr tasks`) or a stream YAML file")
     r.add_argument("--method", required=True, help="continual method, e.g. c2gr, finetune, joint")
-    r.add_argument("--preset", default="tiny", choices=["tiny", "bench", "cpu", "paper"])
+    r.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--seed", type=_seed, default=0, help="seed of data splits, initialisation and replay (>= 0)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last round")
@@ -184,11 +147,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_offline_environment()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # a usage error (already printed) or --help
         return e.code if isinstance(e.code, int) else 2
-    from .rundir import RunDirectoryBusy
+    from ..experiment.rundir import RunDirectoryBusy
 
     try:
         return args.func(args)

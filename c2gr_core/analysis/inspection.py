@@ -10,21 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .coupled import prompt_pool
-from .diffusion import sample_pairs
-from .methods.base import Method
-from .quality import (CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, SegmentorFeatures, correspondence_dsc,
-                      feature_fid, segmentor_features)
-from .rups import cosine_matrix
-from .runs import task_index
-
-
-def _generator(method: Method):
-    model = getattr(method, "model", None)
-    if model is None or not hasattr(model, "denoiser") or not hasattr(model, "codec"):
-        raise TypeError(f"method {method.name!r} has no image-mask generator (model.denoiser + model.codec); "
-                        "only the C2GR family (c2gr, c2gr-njd, c2gr-norups, cgr) generates pairs")
-    return model
+from ..prompting.prompts import prompt_pool
+from ..methods.base import Method
+from .quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, SegmentorFeatures, correspondence_dsc, feature_fid, segmentor_features
+from ..prompting.rups import cosine_matrix
+from ..experiment.runs import task_index
 
 
 def _task_index(method: Method, task: int | str) -> int:
@@ -42,14 +32,8 @@ def sample_task_pairs(method: Method, task: int | str, n: int, seed: int = 0,
 
     Returns images (n, 3, H, W) float32 in [-1, 1] and masks (n, H, W) uint8.
     """
-    model = _generator(method)
     j = _task_index(method, task)
-    cfg = method.ctx.cfg
-    _, z_gen = model.prompts(method.ctx.emb, max(getattr(method, "seen", j), j))
-    gen = torch.Generator().manual_seed(int(seed))
-    images, labels = sample_pairs(method.replay_denoiser, z_gen[j], int(n), cfg.data.image_size, model.codec,
-                                  cfg=cfg.diffusion, steps=steps, generator=gen)
-    labels[labels > method.ctx.cards[j].n_classes] = 0
+    images, labels = method.sample_pairs(j, int(n), torch.Generator().manual_seed(int(seed)), steps=steps)
     return images.cpu().numpy().astype(np.float32), labels.cpu().numpy().astype(np.uint8)
 
 
@@ -134,29 +118,22 @@ def prompt_similarity(method: Method, round: int | None = None) -> dict:
     "component_cosine" {subset: s^S of eq. 4}, subsets keyed "I", "A", "SO", "I+A", "I+SO", "A+SO".
     """
     emb = method.ctx.emb
-    if round is None:
-        seen = getattr(method, "seen", None)   # C2GR family: the last trained round
-        t = len(method.ctx.cards) - 1 if seen is None or seen < 0 else int(seen)
-    else:
-        t = int(round)
+    t = method.last_round() if round is None else int(round)
     if not 0 <= t < len(method.ctx.cards):
         raise ValueError(f"prompt_similarity: round {round} outside 0..{len(method.ctx.cards) - 1}")
     names = list(emb.names[: t + 1])
     out = {"names": names, "text": cosine_matrix(emb.e[: t + 1].float()).numpy()}
-    model = getattr(method, "model", None)
-    if model is not None and hasattr(model, "prompts"):
-        z_seg, z_gen = model.prompts(emb, t)
-        out["segmentor"], out["generator"] = cosine_matrix(z_seg.cpu()).numpy(), cosine_matrix(z_gen.cpu()).numpy()
-        if getattr(model, "rups", False):
-            dev = next(model.parameters()).device
-            e, comps = prompt_pool(emb, t)
-            d = model.prompt.diagnostics((e.to(dev), {s: c.to(dev) for s, c in comps.items()}))
-            out["eta"] = d["eta"]
-            out["subgraph_weights"] = {"+".join(s): w for s, w in d["subgraph_weights"].items()}
-            out["attention"] = {"+".join(s): a.numpy() for s, a in d["attention"].items()}
-            out["component_cosine"] = {"+".join(s): c.numpy() for s, c in d["cosine"].items()}
-    elif hasattr(method, "seg_prompts"):
-        out["segmentor"] = cosine_matrix(method.seg_prompts(t).cpu()).numpy()
+    for net, z in method.task_prompts(t).items():
+        out[net] = cosine_matrix(z.cpu()).numpy()
+    graph = method.prompt_graph()
+    if graph is not None:
+        dev = next(graph.parameters()).device
+        e, comps = prompt_pool(emb, t)
+        d = graph.diagnostics((e.to(dev), {s: c.to(dev) for s, c in comps.items()}))
+        out["eta"] = d["eta"]
+        out["subgraph_weights"] = {"+".join(s): w for s, w in d["subgraph_weights"].items()}
+        out["attention"] = {"+".join(s): a.numpy() for s, a in d["attention"].items()}
+        out["component_cosine"] = {"+".join(s): c.numpy() for s, c in d["cosine"].items()}
     return out
 
 

@@ -1,6 +1,6 @@
 """Multi-process training with PyTorch DDP under `torchrun` (the paper trained on two GPUs).
 
-    torchrun --nproc_per_node=2 -m c2gr_core.cli run --stream ... --method c2gr --preset paper --out runs/x
+    torchrun --nproc_per_node=2 -m c2gr_core run --stream ... --method c2gr --preset paper --out runs/x
 
 Nothing here is a home-made distribution scheme: torchrun starts the processes and sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; `init_from_env` opens the process group (NCCL on CUDA,

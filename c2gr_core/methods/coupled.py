@@ -11,30 +11,21 @@ plain projected text prompt: nothing is shared and the two optimisations are unc
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import copy
 
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
-from .diffusion import MaskCodec, Teacher, bjd_loss, njd_loss
-from .losses import seg_loss
-from .models.denoiser import Denoiser
-from .models.segmentor import PromptedUNet
-from .prompts import TaskEmbeddings
-from .rups import PlainPrompt, prompt_graph
+from ..config import ExperimentConfig
+from ..diffusion import Teacher, joint_loss, make_codec
+from ..losses import seg_loss
+from ..models.denoiser import Denoiser
+from ..models.segmentor import PromptedUNet
+from ..prompting.prompts import TaskEmbeddings, prompt_pool
+from ..prompting.rups import build_prompt_module
+from ..training.replay import PairBatch
 
-
-def prompt_pool(emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, dict]:
-    """The prompt pool of round t: every task seen so far, 0..t (sec. 3.2.1)."""
-    return emb.e[: t + 1], {s: c[: t + 1] for s, c in emb.components.items()}
-
-
-@dataclass
-class PairBatch:
-    images: torch.Tensor   # (B, 3, H, W)
-    masks: torch.Tensor    # (B, H, W) long
-    tasks: torch.Tensor    # (B,) long stream index of each pair's task
+__all__ = ["C2GRModel", "PairBatch", "coupled_loss", "prompt_pool"]
 
 
 class C2GRModel(nn.Module):
@@ -42,21 +33,22 @@ class C2GRModel(nn.Module):
 
     def __init__(self, cfg: ExperimentConfig, c_max: int, emb: TaskEmbeddings, coupled: bool | None = None,
                  objective: str | None = None):
+        """`coupled` / `objective` default to cfg.prompt.rups / cfg.diffusion.objective."""
         super().__init__()
+        cfg = copy.deepcopy(cfg)
+        cfg.prompt.rups = cfg.prompt.rups if coupled is None else coupled
+        cfg.diffusion.objective = objective or cfg.diffusion.objective
+        if cfg.diffusion.objective not in ("bjd", "njd"):
+            raise ValueError(f"diffusion.objective must be 'bjd' or 'njd', got {cfg.diffusion.objective!r}")
+        self.rups, self.objective, self.diffusion_cfg = cfg.prompt.rups, cfg.diffusion.objective, cfg.diffusion
         P, n_tok = cfg.prompt.node_dim, cfg.prompt.n_tokens
-        self.rups = cfg.prompt.rups if coupled is None else coupled
-        self.objective = objective or cfg.diffusion.objective
-        if self.objective not in ("bjd", "njd"):
-            raise ValueError(f"diffusion.objective must be 'bjd' or 'njd', got {self.objective!r}")
         self.segmentor = PromptedUNet(cfg.segmentor, in_channels=3, out_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
         self.denoiser = Denoiser(cfg.denoiser, image_channels=3, mask_channels=c_max + 1, prompt_dim=P, n_tokens=n_tok)
-        self.codec = MaskCodec(c_max + 1)
-        self.diffusion_cfg = cfg.diffusion
-        E = emb.e.shape[1]
+        self.codec = make_codec(cfg.diffusion, c_max + 1)
         if self.rups:
-            self.prompt = prompt_graph(cfg.prompt, emb)
-        else:
-            self.seg_prompt, self.gen_prompt = PlainPrompt(E, P), PlainPrompt(E, P)
+            self.prompt = build_prompt_module(cfg.prompt, emb)
+        else:  # one plain prompt per network: nothing shared
+            self.seg_prompt, self.gen_prompt = build_prompt_module(cfg.prompt, emb), build_prompt_module(cfg.prompt, emb)
 
     def parameter_counts(self) -> dict[str, int]:
         """Learnable parameters of each part (sec. 4.4.5 / Fig. 9)."""
@@ -81,9 +73,8 @@ class C2GRModel(nn.Module):
         return list(self.denoiser.parameters()) + own
 
     def diffusion_loss(self, x, y_labels, prompt, scheduler, teacher: Teacher | None = None):
-        y0 = self.codec.encode(y_labels)
-        fn = bjd_loss if self.objective == "bjd" else njd_loss
-        return fn(self.denoiser, x, y0, prompt, scheduler, cfg=self.diffusion_cfg, teacher=teacher).total
+        return joint_loss(self.diffusion_cfg, self.denoiser, x, self.codec.encode(y_labels), prompt, scheduler,
+                          teacher=teacher).total
 
 
 def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,

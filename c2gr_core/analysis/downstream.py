@@ -27,16 +27,16 @@ from data_catalog.catalog import entry_card, load_task
 from data_catalog.schema import TaskCard
 from data_catalog.taskdata import TaskData
 
-from .config import ExperimentConfig
-from .losses import dice_per_class, predict, seg_loss, task_dsc
-from .methods.base import Method, epoch_batches, steps_per_epoch
-from .models.segmentor import PromptedUNet
-from .prompts import TaskEmbeddings, encode_tasks
-from .rups import PlainPrompt
-from .runs import load_method
-from .stream import resolve_entries
-from .text_encoders import get_text_encoder
-from .trainer import TqdmCallback, Trainer
+from ..config import ExperimentConfig
+from ..losses import dice_per_class, predict, seg_loss, task_dsc
+from ..methods.base import Method, epoch_batches, steps_per_epoch
+from ..models.segmentor import PromptedUNet
+from ..prompting.prompts import TaskEmbeddings, encode_tasks
+from ..prompting.rups import PlainPrompt
+from ..experiment.runs import load_method
+from ..experiment.tasks import evaluate_split, resolve_entries
+from ..prompting.text_encoders import get_text_encoder
+from ..training.trainer import TqdmCallback, Trainer
 
 DOWNSTREAM_STREAM = "synthetic-downstream-5"
 SCRATCH = "Scratch"
@@ -60,13 +60,11 @@ class PromptedSegmentor(nn.Module):
 
 def segmentation_path(method: Method) -> tuple[PromptedUNet, nn.Module]:
     """(segmentor, prompt module) of a trained method; the prompt module maps a pool to (T, P)."""
-    model = getattr(method, "model", None)
-    if model is not None and hasattr(model, "segmentor"):                       # C2GR and variants
-        return model.segmentor, (model.prompt if getattr(model, "rups", False) else model.seg_prompt)
-    if hasattr(method, "segmentor") and hasattr(method, "seg_prompt"):          # SegmentorMethod family
-        return method.segmentor, method.seg_prompt
-    raise TypeError(f"method {method.name!r} exposes no single universal segmentor with a prompt module "
-                    "(model.segmentor or segmentor + seg_prompt); it cannot be fine-tuned downstream")
+    path = method.segmentation_path()
+    if path is None:
+        raise TypeError(f"method {method.name!r} exposes no single universal segmentor with a prompt module; "
+                        "it cannot be fine-tuned downstream")
+    return path
 
 
 def extend_pool(emb: TaskEmbeddings, upstream: Sequence[TaskCard], card: TaskCard, encoder) -> TaskEmbeddings:
@@ -97,7 +95,7 @@ def finetune(model: PromptedSegmentor, data: TaskData, cfg: ExperimentConfig, ep
 
     def batches(epoch):
         for idx in epoch_batches(len(split), bs, rng):
-            yield (torch.from_numpy(np.asarray(split.images[idx])), torch.from_numpy(np.asarray(split.masks[idx])).long())
+            yield split.tensors(idx)
 
     def step(batch):
         x, y = batch
@@ -112,10 +110,8 @@ def evaluate_path(model: PromptedSegmentor, data: TaskData, batch_size: int = 64
     """Per-class DSC on the task's test split, pooled over the split as the stream's evaluation."""
     model.eval()
     dev = next(model.parameters()).device
-    split, n = data.test, data.card.n_classes
-    preds = [predict(model(torch.from_numpy(np.asarray(split.images[s:s + batch_size])).to(dev)), n).cpu()
-             for s in range(0, len(split), batch_size)]
-    return dice_per_class(torch.cat(preds), torch.from_numpy(np.asarray(split.masks)).long(), n).numpy()
+    n = data.card.n_classes
+    return evaluate_split(lambda x: predict(model(x.to(dev)), n), data.test, n, batch_size)
 
 
 def _defaults(cfg: ExperimentConfig, epochs: int | None, lr: float | None) -> tuple[int, float]:
@@ -143,7 +139,7 @@ def adapt(source: str | os.PathLike | Method, downstream: str | os.PathLike | Se
     """
     method = source if isinstance(source, Method) else load_method(source)
     label = method.name
-    src = str(source) if not isinstance(source, Method) else getattr(method, "loaded_from", {}).get("run_dir")
+    src = str(source) if not isinstance(source, Method) else (method.loaded_from or {}).get("run_dir")
     cfg = cfg or method.ctx.cfg
     epochs, lr = _defaults(cfg, epochs, lr)
     segmentor, prompt = segmentation_path(method)

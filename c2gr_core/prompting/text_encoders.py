@@ -26,7 +26,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-ENCODERS = ("minilm", "open_clip", "hash")
+from ..config import ENCODERS
+
 
 
 class TextEncoder(ABC):

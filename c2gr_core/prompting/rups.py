@@ -41,10 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from c2gr_core.prompts import SUBSETS, TaskEmbeddings, subset_key
+from ..config import RELATION_NORMS
+from .prompts import SUBSETS, TaskEmbeddings, subset_key
 
 Components = Mapping[tuple[str, ...], torch.Tensor]
-RELATION_NORMS = ("none", "row")
 
 
 def _unpack(emb) -> tuple[torch.Tensor, Components]:

@@ -21,8 +21,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from c2gr_core.text_encoders import TextEncoder
 from data_catalog.schema import TaskCard
+
+from .text_encoders import TextEncoder
 
 ATTRIBUTES = ("I", "A", "SO")
 # The subgraph index set M of eq. 4, in the paper's order.
@@ -184,3 +185,8 @@ def _write_cache(path: Path, encoder_name: str, text: str, emb: torch.Tensor) ->
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def prompt_pool(emb: TaskEmbeddings, t: int) -> tuple[torch.Tensor, dict]:
+    """The prompt pool of round t: every task seen so far, 0..t (sec. 3.2.1)."""
+    return emb.e[: t + 1], {s: c[: t + 1] for s, c in emb.components.items()}

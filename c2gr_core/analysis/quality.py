@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import copy
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,13 +27,13 @@ from torch import nn
 
 from data_catalog.catalog import entry_card
 
-from .access import TaskAccess
-from .config import ExperimentConfig
-from .losses import dice_counts
-from .methods import get_method
-from .methods.base import Method
-from .runs import load_method, load_run_task, method_context, read_run
-from .stream import resolve_entries
+from ..training.access import TaskAccess
+from ..config import ExperimentConfig, validate
+from ..losses import dice_counts
+from ..methods import get_method
+from ..methods.base import Method
+from ..experiment.runs import load_method, load_run_task, method_context, read_run
+from ..experiment.tasks import resolve_entries
 
 FEATURE_FID_LABEL = "feature-FID (reference segmentor features)"
 INCEPTION_FID_LABEL = "Inception FID (user-supplied Inception-v3 weights)"
@@ -87,20 +88,9 @@ class FeatureExtractor(Protocol):
 def segmentor_features(method: Method, images: torch.Tensor, task: int) -> torch.Tensor:
     """Pooled prompt-modulated bottleneck features of a method's segmentor for `task`.
 
-    Uses the method's own `features` when it has one (C2GR); otherwise calls the segmentor of a
-    SegmentorMethod (JointTrain, FineTune, ...) with its task prompt, as its `predict` does.
+    (`Method.features`: the segmentor prompted as `task`, as its `predict` does.)
     """
-    own = getattr(method, "features", None)
-    if callable(own):
-        return own(images, task)
-    seg, prompts = getattr(method, "segmentor", None), getattr(method, "seg_prompts", None)
-    if seg is None or not callable(prompts):
-        raise TypeError(f"method {getattr(method, 'name', type(method).__name__)!r} has neither features(images, "
-                        "task) nor a segmentor with seg_prompts(t): no reference features to take")
-    seg.eval()
-    d = method.ctx.device
-    z = prompts(len(method.ctx.cards) - 1)[task]
-    return seg.features(images.to(d), z.expand(len(images), -1)).cpu()
+    return method.features(images, task)
 
 
 class SegmentorFeatures:
@@ -258,6 +248,7 @@ def learnable_params(method_name: str, cfg: ExperimentConfig, stream: str | os.P
     task) is counted at its final size. A finished run's count is in metrics.json too.
     """
     cls = get_method(method_name)
+    cfg = validate(cls.resolve_config(copy.deepcopy(cfg)))  # what run_stream would train
     cards = [entry_card(e) for e in resolve_entries(stream)]
 
     def no_data(j: int):

@@ -15,10 +15,14 @@ import torch
 
 
 @dataclass
-class ReplayBatch:
+class PairBatch:
+    """A batch of image-mask pairs, current or replayed, each with the stream index of its task."""
     images: torch.Tensor   # (B, 3, H, W) float32
     masks: torch.Tensor    # (B, H, W) long
-    tasks: torch.Tensor    # (B,) long: stream index of the past task each pair replays
+    tasks: torch.Tensor    # (B,) long: stream index of the task each pair belongs to
+
+
+ReplayBatch = PairBatch  # the name before 0.2
 
 
 _SCRATCH = re.compile(r"task_\d+_(images|masks)(\.tmp)?\.npy")
@@ -64,7 +68,7 @@ class ReplayStore:
     def __len__(self) -> int:
         return sum(len(self.get(t)[0]) for t in self.tasks())
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> ReplayBatch | None:
+    def sample(self, batch_size: int, rng: np.random.Generator) -> PairBatch | None:
         """A batch stratified over past tasks: each task gets batch_size / n_tasks pairs.
 
         Equal shares make the batch mean an unbiased estimate of the 1/(t-1) sum over replay
@@ -81,7 +85,7 @@ class ReplayStore:
             k = int(rng.integers(len(x)))
             imgs.append(np.asarray(x[k], dtype=np.float32))
             msks.append(np.asarray(y[k]))
-        return ReplayBatch(torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(msks)).long(),
+        return PairBatch(torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(msks)).long(),
                            torch.from_numpy(owner).long())
 
     def clear(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def summarize_runs(run_dirs) -> list[dict]:
-    from .runs import read_run
+    from ..experiment.runs import read_run
 
     out = []
     for d in map(Path, run_dirs):

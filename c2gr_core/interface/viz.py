@@ -225,7 +225,7 @@ def metrics_bar(rows: list[dict]) -> Figure:
 def forgetting_plot(curves: dict, ax_size: float = 3.2) -> Figure:
     """Per-round forgetting curves, one panel per method: curves[method] = (tasks, D) with D the
     T x T DSC matrix; the line of task j is D[i, j] (%) over rounds i >= j (metrics.forgetting_curves)."""
-    from .metrics import forgetting_curves
+    from ..metrics import forgetting_curves
 
     if not curves:
         raise ValueError("forgetting_plot: no runs given")

@@ -2,7 +2,7 @@
 folder, and the stream runs it needs (made on the spot when the user gave none).
 
 Kept here so the notebooks stay thin (DESIGN.md, "Notebooks") and so a batch run
-(`c2gr_core.batch`) and an interactive session build runs the same way.
+(`c2gr_core.interface.batch`) and an interactive session build runs the same way.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import ExperimentConfig, preset
+from ..config import ExperimentConfig, apply_overrides, preset
 
 
 def configure(preset_name: str = "tiny", overrides: Mapping | None = None) -> ExperimentConfig:
@@ -23,8 +23,6 @@ def configure(preset_name: str = "tiny", overrides: Mapping | None = None) -> Ex
     Values are typed like the defaults they replace (the rules of `c2gr run --set`); an unknown
     section or key is a ValueError listing the valid ones.
     """
-    from .cli import apply_overrides
-
     cfg = preset(preset_name)
     items = []
     for key, value in (overrides or {}).items():
@@ -56,9 +54,9 @@ def ensure_runs(stream, methods: Sequence[str], cfg: ExperimentConfig, root: str
     config is an error naming its config.json (choose another root). Runs made here keep only
     their last checkpoint unless keep_checkpoints="all" (the notebooks load final models only).
     """
-    from .methods import get_method
-    from .runs import read_run
-    from .stream import run_stream
+    from ..methods import get_method
+    from ..experiment.runs import read_run
+    from ..experiment.runner import run_stream
 
     for m in methods:   # every name checked before the first run starts
         get_method(m)

@@ -20,9 +20,9 @@ from pathlib import Path
 import ipywidgets as w
 import numpy as np
 
-from .inspection import load_pairs, replay_samples
-from .quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
-from .runs import load_run_task, read_run
+from ..analysis.inspection import load_pairs, replay_samples
+from ..analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL
+from ..experiment.runs import load_run_task, read_run
 from .viz import overlay, pairs_gallery
 
 DISPLAY_PX = 192   # pairs are upscaled by an integer factor to about this size (32^2 is tiny on screen)

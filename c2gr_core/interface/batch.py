@@ -1,7 +1,7 @@
 """Run a notebook in batch with papermill, into its own folder under runs/, never over the source.
 
-    python -m c2gr_core.batch notebooks/05_full_stream.ipynb -p n_tasks 6 -p methods "[finetune, c2gr]" --tag six
-    python -m c2gr_core.batch 05_full_stream -f params.yaml --tag paper
+    python -m c2gr_core.interface.batch notebooks/05_full_stream.ipynb -p n_tasks 6 -p methods "[finetune, c2gr]" --tag six
+    python -m c2gr_core.interface.batch 05_full_stream -f params.yaml --tag paper
 
 writes runs/<YYYY-MM-DD>_<notebook stem>_<tag>/:
     <stem>.ipynb        the executed notebook (outputs included)
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
+
+from .runtime import use_offline_environment
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"   # the source checkout's notebooks
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -204,14 +206,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     return add_arguments(argparse.ArgumentParser(
-        prog="python -m c2gr_core.batch", description="run a notebook with papermill into runs/<date>_<name>_<tag>/"))
+        prog="python -m c2gr_core.interface.batch", description="run a notebook with papermill into runs/<date>_<name>_<tag>/"))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the notebook named by parsed `add_arguments` arguments; 0 done, 1 a cell failed, 2 bad input."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")       # nothing is downloaded at run time (DESIGN.md)
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    use_offline_environment(headless=True)
     try:
         params = load_params(args.params_file)
         params.update({k: _parse_value(v) for k, v in args.param})

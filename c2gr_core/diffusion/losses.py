@@ -1,0 +1,199 @@
+"""The generator's training objectives: NJD (eq. 1), BJD (eq. 3) and GR's image-only loss, under the
+recipe of `DiffusionConfig` (eps or v targets, uniform or min-SNR weights, optional teacher targets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import DiffusionConfig
+from .schedule import _abar, add_noise
+
+def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """What the denoiser is trained to output for a part with clean value x0 and noise `noise`:
+    eps itself, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, eq. in sec. 4)."""
+    if prediction == "eps":
+        return noise
+    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+
+def snr_weights(scheduler, k: torch.Tensor, prediction: str, weighting: str, gamma: float) -> torch.Tensor:
+    """(B,) loss weight of each sample's timestep. "uniform": 1 (eq. 1 and 3 as written).
+    "min_snr" (Hang et al. 2023): the x0-space weight min(SNR, gamma) expressed in the space the
+    denoiser predicts, min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v,
+    with SNR_k = abar_k / (1 - abar_k)."""
+    if weighting == "uniform":
+        return torch.ones(k.shape, dtype=torch.float32, device=k.device)
+    a = scheduler.alphas_cumprod.to(k.device, torch.float64)[k]
+    snr = a / (1 - a)
+    clipped = snr.clamp(max=float(gamma))
+    return (clipped / snr if prediction == "eps" else clipped / (snr + 1)).float()
+
+
+def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of w_i times sample i's mean squared error; with w = 1 the plain MSE."""
+    per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)
+    return (w.to(per_sample.device) * per_sample).mean()
+
+
+
+@dataclass
+class NoiseDraws:
+    """The random part of eq. (1)/(3): one timestep k and one (eps_x, eps_y) per sample."""
+    k: torch.Tensor        # (B,) long
+    eps_x: torch.Tensor    # like x0
+    eps_y: torch.Tensor    # like y0
+
+
+@dataclass
+class Teacher:
+    """A frozen copy of the generator as a round began, and the prompts it was trained with.
+
+    With `replay_target = "teacher"` the loss on replayed pairs regresses the teacher's outputs on the
+    same noised inputs instead of the analytic targets (generative distillation, Masip et al. 2023):
+    the generator is asked to keep the function that produced the replay, not to re-learn the
+    replay's pixels, whose errors would otherwise be learnt again every round."""
+    denoiser: nn.Module
+    prompt: torch.Tensor   # (B, P): the teacher's prompt for each pair
+
+
+def _teacher_out(teacher: Teacher, inputs: torch.Tensor, k: torch.Tensor, repeat: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher.denoiser(inputs, k, teacher.prompt.repeat(repeat, 1)).float()
+
+
+@dataclass
+class JointLoss:
+    """`total` carries the gradient; `terms` are detached per-term values for logging."""
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    # Drawing on the generator's device keeps a seeded run identical on CPU and GPU.
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def draw_noise(x0: torch.Tensor, y0: torch.Tensor, num_train_timesteps: int,
+               generator: torch.Generator | None = None) -> NoiseDraws:
+    """k ~ U{0..K-1}, eps_x, eps_y ~ N(0, I), drawn in that order from `generator`."""
+    b = x0.shape[0]
+    gdev = generator.device if generator is not None else x0.device
+    k = torch.randint(0, int(num_train_timesteps), (b,), generator=generator, device=gdev).to(x0.device)
+    return NoiseDraws(k, _randn(x0.shape, generator, x0.device), _randn(y0.shape, generator, y0.device))
+
+
+def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    if x0.ndim != 4 or y0.ndim != 4 or x0.shape[0] != y0.shape[0] or x0.shape[2:] != y0.shape[2:]:
+        raise ValueError(f"joint diffusion: x0 (B, 3, H, W) and y0 (B, M, H, W) must agree, got "
+                         f"{tuple(x0.shape)} and {tuple(y0.shape)}")
+    if not y0.is_floating_point():
+        raise ValueError("joint diffusion: y0 must be the continuous mask code (MaskCodec.encode), not labels")
+    if prompt.ndim == 1:
+        prompt = prompt.unsqueeze(0).expand(x0.shape[0], -1)
+    if prompt.ndim != 2 or prompt.shape[0] != x0.shape[0]:
+        raise ValueError(f"joint diffusion: prompt must be (P,) or (B, P) with B = {x0.shape[0]}, "
+                         f"got {tuple(prompt.shape)}")
+    return prompt
+
+
+def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
+             generator: torch.Generator | None = None, draws: NoiseDraws | None = None,
+             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None) -> JointLoss:
+    """Naive joint diffusion, eq. (1): || [eps_x, eps_y] - eps_theta([x_k, y_k], k) ||^2.
+
+    The squared norm is the mean squared error over all elements (batch, channels, pixels). With
+    cfg.prediction = "v" the target is [v_x, v_y]; cfg.loss_weighting weights each sample's error
+    by its timestep (`snr_weights`). cfg defaults to DiffusionConfig() (eps, uniform: eq. 1 as written).
+    """
+    cfg = cfg or DiffusionConfig()
+    prompt = _check_pair(x0, y0, prompt)
+    d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator)
+    xk, yk = add_noise(scheduler, x0, d.eps_x, d.k), add_noise(scheduler, y0, d.eps_y, d.k)
+    pred = denoiser(torch.cat([xk, yk], 1), d.k, prompt)
+    a = _abar(scheduler, d.k, x0)
+    tgt = torch.cat([target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)], 1)
+    if teacher is not None:
+        tgt = _teacher_out(teacher, torch.cat([xk, yk], 1), d.k)
+    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    loss = _weighted_mse(pred, tgt, w)
+    return JointLoss(loss, {"joint": loss.detach()})
+
+
+def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
+             batched: bool = True, generator: torch.Generator | None = None,
+             draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None,
+             teacher: Teacher | None = None) -> JointLoss:
+    """Bayesian joint diffusion, eq. (3): the joint term of eq. (1) plus two conditional terms
+
+        || [eps_x, 0] - eps_theta([x_k, y_0], k) ||^2    image denoised with the clean mask as reference
+        || [0, eps_y] - eps_theta([x_0, y_k], k) ||^2    mask denoised with the clean image as reference
+
+    with the same k, eps_x, eps_y per sample in all three. Each term is the mean squared error over
+    all its elements; the loss is their sum. `batched` stacks the three inputs along the batch into
+    one denoiser forward (same result as three forwards, see benchmarks/diffusion_speed.py for speed).
+
+    Under cfg.prediction = "v" every part's target is `target("v", clean, noise, abar_k)`. The clean
+    half of a conditional term carries no noise, so its target is v with eps = 0, i.e.
+    -sqrt(1 - abar_k) * clean: the same definition as for a noisy part, and the direct analogue of
+    eq. 3's zero under eps. (The other reading, "a v that the sampler would decode into eps = 0",
+    is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
+    The per-sample weights of cfg.loss_weighting apply to all three terms alike. With a `teacher`
+    the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
+    """
+    cfg = cfg or DiffusionConfig()
+    prompt = _check_pair(x0, y0, prompt)
+    d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator)
+    xk, yk = add_noise(scheduler, x0, d.eps_x, d.k), add_noise(scheduler, y0, d.eps_y, d.k)
+    inputs = [torch.cat([xk, yk], 1), torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
+    a = _abar(scheduler, d.k, x0)
+    tx, ty = target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)
+    cx = target(cfg.prediction, x0, torch.zeros_like(d.eps_x), a)   # clean image: no noise on this half
+    cy = target(cfg.prediction, y0, torch.zeros_like(d.eps_y), a)   # clean mask: no noise on this half
+    targets = [torch.cat([tx, ty], 1), torch.cat([tx, cy], 1), torch.cat([cx, ty], 1)]
+    if teacher is not None:
+        targets = list(_teacher_out(teacher, torch.cat(inputs, 0), d.k.repeat(3), repeat=3).chunk(3, dim=0))
+    if batched:
+        preds = denoiser(torch.cat(inputs, 0), d.k.repeat(3), prompt.repeat(3, 1)).chunk(3, dim=0)
+    else:
+        preds = [denoiser(inp, d.k, prompt) for inp in inputs]
+    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    names = ("joint", "image_given_mask", "mask_given_image")
+    terms = {n: _weighted_mse(p, t, w) for n, p, t in zip(names, preds, targets)}
+    total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
+    return JointLoss(total, {n: v.detach() for n, v in terms.items()})
+
+
+def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler,
+               generator: torch.Generator | None = None, cfg: DiffusionConfig | None = None,
+               teacher: Teacher | None = None) -> JointLoss:
+    """The image-only objective of GR (Ho et al. eq. 14 under the same recipe): || eps - eps_theta(x_k, k) ||^2."""
+    cfg = cfg or DiffusionConfig()
+    if x0.ndim != 4:
+        raise ValueError(f"image diffusion: x0 must be (B, C, H, W), got {tuple(x0.shape)}")
+    gdev = generator.device if generator is not None else x0.device
+    k = torch.randint(0, int(scheduler.num_train_timesteps), (x0.shape[0],), generator=generator,
+                      device=gdev).to(x0.device)
+    eps = _randn(x0.shape, generator, x0.device)
+    xk = add_noise(scheduler, x0, eps, k)
+    pred = denoiser(xk, k, prompt)
+    w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    tgt = target(cfg.prediction, x0, eps, _abar(scheduler, k, x0)) if teacher is None else _teacher_out(teacher, xk, k)
+    loss = _weighted_mse(pred, tgt, w)
+    return JointLoss(loss, {"image": loss.detach()})
+
+
+def joint_loss(cfg: DiffusionConfig, denoiser, x0, y0, prompt, scheduler, generator=None,
+               teacher: Teacher | None = None) -> JointLoss:
+    """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1), under cfg's recipe."""
+    if cfg.objective == "bjd":
+        return bjd_loss(denoiser, x0, y0, prompt, scheduler, batched=True, generator=generator, cfg=cfg,
+                        teacher=teacher)
+    if cfg.objective == "njd":
+        return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator, cfg=cfg, teacher=teacher)
+    raise ValueError(f"DiffusionConfig.objective: unknown {cfg.objective!r}; allowed: ['bjd', 'njd']")
+

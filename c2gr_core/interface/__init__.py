@@ -1,0 +1,1 @@
+"""What users touch: the `c2gr` CLI, the papermill runner, notebook helpers, plots and widgets."""

@@ -1,0 +1,1 @@
+"""What every method trains with: the trainer, DDP helpers, the replay store and data isolation."""
