@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Nothing is downloaded at run time (DESIGN.md): open_clip / huggingface would otherwise hang on the hub.
+# Nothing is downloaded at run time (docs/design.md): open_clip / huggingface would otherwise hang on the hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg

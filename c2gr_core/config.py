@@ -1,6 +1,6 @@
 """Configuration: one dataclass per component, composed into an experiment config.
 
-Presets (DESIGN.md): `tiny` for tests/CI/notebook defaults, `cpu` for laptop benchmarks,
+Presets (docs/design.md, "Presets"): `tiny` for tests/CI/notebook defaults, `cpu` for laptop benchmarks,
 `paper` for sec. 4.2 on a GPU. A config round-trips through JSON (saved beside results).
 """
 from __future__ import annotations
@@ -82,8 +82,8 @@ class PromptConfig:
     node_dim: int = 32                        # paper: 512
     q_dim: int = 16                           # paper: 256
     rups: bool = True                         # False: the "w/o RUPS" ablation
-    relation_norm: str = "none"               # "none": eq. 4 as written | "row": cosine rows of unit mass (rups.py)
-    residual: bool = False                    # True: zeta_i = n_i + RUPS message (rups.py)
+    relation_norm: str = "none"               # "none": eq. 4 as written | "row": cosine rows of unit mass (prompting/rups.py)
+    residual: bool = False                    # True: zeta_i = n_i + RUPS message (prompting/rups.py)
     # Each network maps the prompt to n_tokens cross-attention tokens. With a single token the
     # softmax of eq. 6 is identically 1 and the attention degenerates to adding V*zeta.
     n_tokens: int = 4
@@ -155,7 +155,7 @@ def _from_dict(cls, d: dict[str, Any], where: str):
 # 300 BJD steps: correspondence DSC 0.20 (eps, uniform) vs 0.54 (this recipe, EMA 0.95): BENCHMARKS.md,
 # generator diagnostic.
 LAPTOP_RECIPE = dict(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)
-# RUPS prompts that keep each task's identity (rups.py, "Note on task identity"). With eq. 4 read
+# RUPS prompts that keep each task's identity (prompting/rups.py, "Note on task identity"). With eq. 4 read
 # literally the nine trained prompts of the 9-task bench stream ended at off-diagonal cosine 0.95-1.00
 # and C2GR scored 26.36 Overall (busi 0.0 in its own round); with both options 0.72-1.00 (mean 0.85)
 # and 32.34, busi 62.2 (benchmarks/c2gr_variants.py, seed 0; BENCHMARKS.md, "RUPS prompts").

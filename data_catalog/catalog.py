@@ -5,7 +5,7 @@ A stream file (``streams/*.yaml``, or any user YAML) is either a list of entries
 
 - a catalog task name (``fundus-a``): the real task, read from prepared data (``c2gr prepare``);
 - ``synthetic:<name>``: the procedural twin of a catalog task (data_catalog.synthetic);
-- a path to a user task folder (DESIGN.md); relative paths resolve against the stream file's folder.
+- a path to a user task folder (docs/design.md); relative paths resolve against the stream file's folder.
 """
 from __future__ import annotations
 

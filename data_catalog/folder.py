@@ -1,4 +1,4 @@
-"""A user's own task as a folder (DESIGN.md):
+"""A user's own task as a folder (docs/design.md):
 
     my-task/
       card.yaml              name, modality, anatomy, objective, classes (+ optional site, split)

@@ -1,4 +1,4 @@
-"""In-memory task data in the workbench's representation (DESIGN.md).
+"""In-memory task data in the workbench's representation (docs/design.md).
 
 Images: float32 (N, 3, H, W) in [-1, 1], grey modalities replicated to 3 channels.
 Masks:  uint8 (N, H, W) label maps, 0 = background, 1..C = the card's classes.

@@ -23,7 +23,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_torch_pins_follow_design():
-    # DESIGN.md: the 2.13.0 CPU build breaks torchvision and therefore open_clip.
+    # docs/design.md: the 2.13.0 CPU build breaks torchvision and therefore open_clip.
     deps = dict(_norm(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert deps["torch"] == "==2.14.1" and deps["torchvision"] == "==0.29.1"
     assert "einops" in deps  # MONAI needs it installed explicitly

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import DiffusionConfig
-from .schedule import _abar, add_noise
+from .schedule import _abar, add_noise, randn
 
 def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """What the denoiser is trained to output for a part with clean value x0 and noise `noise`:
@@ -44,7 +44,7 @@ class NoiseDraws:
     """The random part of eq. (1)/(3): one timestep k and one (eps_x, eps_y) per sample."""
     k: torch.Tensor        # (B,) long
     eps_x: torch.Tensor    # like x0
-    eps_y: torch.Tensor    # like y0
+    eps_y: torch.Tensor | None   # like y0 (None for images alone)
 
 
 @dataclass
@@ -71,20 +71,14 @@ class JointLoss:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    # Drawing on the generator's device keeps a seeded run identical on CPU and GPU.
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def draw_noise(x0: torch.Tensor, y0: torch.Tensor, num_train_timesteps: int,
+def draw_noise(x0: torch.Tensor, y0: torch.Tensor | None, num_train_timesteps: int,
                generator: torch.Generator | None = None) -> NoiseDraws:
-    """k ~ U{0..K-1}, eps_x, eps_y ~ N(0, I), drawn in that order from `generator`."""
+    """k ~ U{0..K-1}, eps_x, eps_y ~ N(0, I), drawn in that order from `generator` (no eps_y without y0)."""
     b = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
     k = torch.randint(0, int(num_train_timesteps), (b,), generator=generator, device=gdev).to(x0.device)
-    return NoiseDraws(k, _randn(x0.shape, generator, x0.device), _randn(y0.shape, generator, y0.device))
+    eps_x = randn(x0.shape, generator, x0.device)
+    return NoiseDraws(k, eps_x, None if y0 is None else randn(y0.shape, generator, y0.device))
 
 
 def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -175,10 +169,8 @@ def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, sche
     cfg = cfg or DiffusionConfig()
     if x0.ndim != 4:
         raise ValueError(f"image diffusion: x0 must be (B, C, H, W), got {tuple(x0.shape)}")
-    gdev = generator.device if generator is not None else x0.device
-    k = torch.randint(0, int(scheduler.num_train_timesteps), (x0.shape[0],), generator=generator,
-                      device=gdev).to(x0.device)
-    eps = _randn(x0.shape, generator, x0.device)
+    d = draw_noise(x0, None, scheduler.num_train_timesteps, generator)
+    k, eps = d.k, d.eps_x
     xk = add_noise(scheduler, x0, eps, k)
     pred = denoiser(xk, k, prompt)
     w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from ..config import PREDICTIONS, SAMPLERS, DiffusionConfig
-from .losses import _randn
 from .maskcode import MaskCodec
-from .schedule import _alphas, make_scheduler, timestep_grid
+from .schedule import _alphas, make_scheduler, randn, timestep_grid
 
 def x0_and_eps(output: torch.Tensor, sample: torch.Tensor, a_t: torch.Tensor, prediction: str = "eps"):
     """The denoiser's output read as (predicted x_0, predicted eps) at cumulative alpha a_t.
@@ -46,7 +45,7 @@ def ddpm_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torc
     if t_prev < 0:
         return mean
     var = ((1.0 - a_prev) / (1.0 - a_t) * beta_t).clamp(min=1e-20)
-    return mean + var.sqrt() * _randn(sample.shape, generator, sample.device, sample.dtype)
+    return mean + var.sqrt() * randn(sample.shape, generator, sample.device, sample.dtype)
 
 
 def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor, eta: float = 0.0,
@@ -66,7 +65,7 @@ def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torc
     prev = a_prev.sqrt() * x0 + direction
     # 7. random part (eta > 0 only)
     if eta > 0 and t_prev >= 0:
-        prev = prev + sigma * _randn(sample.shape, generator, sample.device, sample.dtype)
+        prev = prev + sigma * randn(sample.shape, generator, sample.device, sample.dtype)
     return prev
 
 
@@ -112,7 +111,7 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
             zeta = prompt[start:start + chunk_size]
             b = zeta.shape[0]
             # 1. pure noise, drawn on the generator's device so CPU and GPU runs match
-            xy = _randn((b, channels, image_size, image_size), generator, device)
+            xy = randn((b, channels, image_size, image_size), generator, device)
             # 2. the reverse chain on the sampler's timestep grid
             for t, t_prev in grid:
                 pred = denoiser(xy, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()

@@ -73,3 +73,10 @@ def timestep_grid(scheduler, steps: int) -> list[tuple[int, int]]:
     ts = [int(t) for t in scheduler.timesteps]
     return list(zip(ts, ts[1:] + [-1]))
 
+
+def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) of `shape` on `device`, drawn from `generator` (or torch's global one)."""
+    # Drawing on the generator's device keeps a seeded run identical on CPU and GPU.
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)

@@ -1,7 +1,7 @@
 """What every notebook does before its story starts: a config from its parameters, an output
 folder, and the stream runs it needs (made on the spot when the user gave none).
 
-Kept here so the notebooks stay thin (DESIGN.md, "Notebooks") and so a batch run
+Kept here so the notebooks stay thin (docs/design.md, "Notebooks") and so a batch run
 (`c2gr_core.interface.batch`) and an interactive session build runs the same way.
 """
 from __future__ import annotations

@@ -65,7 +65,7 @@ class ReplayBuffer(SegmentorMethod):
                 f"{self.buffer.root}: the real-pair buffer of past task(s) {sorted(lost)} is missing or "
                 f"incomplete (expected {lost}, found {held}); the work dir of an interrupted run must be "
                 "kept to resume it")
-        # Under DDP each rank replays different buffer pairs (c2gr_core.distributed).
+        # Under DDP each rank replays different buffer pairs (c2gr_core.training.distributed).
         self._rng = distributed.rank_generator(np.random.default_rng(self.ctx.round_seed(t, salt=5)))
         # What round t replays: the past tasks only, even once after_round(t) has added task t.
         self._past = RealPairBuffer(self.buffer.root, below=t)

@@ -1,4 +1,4 @@
-"""The user task-folder loader (DESIGN.md): layouts, values, seeded splits and bad input."""
+"""The user task-folder loader (docs/design.md): layouts, values, seeded splits and bad input."""
 from pathlib import Path
 
 import numpy as np
