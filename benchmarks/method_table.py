@@ -3,6 +3,8 @@
     python benchmarks/method_table.py                       # all methods, bench preset, seed 0
     python benchmarks/method_table.py --methods c2gr joint  # a subset (the others are kept if present)
     python benchmarks/method_table.py --quick --out /tmp/t  # smoke: tiny preset, 2 tasks, 1 epoch
+    python benchmarks/method_table.py --seed 1 --methods c2gr gr   # another seed (its own run dirs)
+    python benchmarks/method_table.py --aggregate           # mean +- std over every seed finished
 
 The sub-stream (STREAM) is 9 synthetic twins of the paper-20 stream that keep every kind of shift:
 sites of one modality (fundus-a -> fundus-c), MR vendors (mms-a -> mms-b), MR sequences
@@ -120,6 +122,34 @@ def build_table(out: Path, seed: int, methods) -> dict:
     return result
 
 
+def aggregate(out: Path, methods) -> dict:
+    """Mean and sample std (ddof 1) of Overall / BWT / TL over the seeds finished for each method:
+    OUT/seeds.json and OUT/seeds.md. A method with one seed gets no std."""
+    rows = {}
+    for m in methods:
+        runs = sorted((out / "runs").glob(f"{m}-s[0-9]*"), key=lambda d: int(d.name.rsplit("-s", 1)[1]))
+        done = [d for d in runs if d.name.rsplit("-s", 1)[0] == m and is_complete(d)]
+        if not done:
+            continue
+        vals = {k: [100 * json.loads((d / "metrics.json").read_text())[k] for d in done] for k in ("overall", "bwt", "tl")}
+        rows[m] = {"seeds": [int(d.name.rsplit("-s", 1)[1]) for d in done],
+                   **{k: {"values": v, "mean": float(np.mean(v)),
+                          "std": float(np.std(v, ddof=1)) if len(v) > 1 else None} for k, v in vals.items()}}
+    joint = rows.get("joint", {}).get("overall", {}).get("mean")
+    fmt = lambda r: f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else "")  # noqa: E731
+    lines = ["| method | seeds | Overall | BWT | TL | % of JointTrain Overall |", "|---|---|---|---|---|---|"]
+    for m, r in rows.items():
+        share = f"{100 * r['overall']['mean'] / joint:.1f} %" if joint else "-"
+        lines.append(f"| {m} | {', '.join(map(str, r['seeds']))} | {fmt(r['overall'])} | {fmt(r['bwt'])} | "
+                     f"{fmt(r['tl'])} | {share} |")
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "std": "sample (ddof 1)",
+              "methods": rows}
+    (out / "seeds.json").write_text(json.dumps(result, indent=2))
+    (out / "seeds.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=None, help=f"default: all, in this order: {ORDER}")
@@ -129,6 +159,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on the shared 2-core machine 2 threads ran ~3x slower)")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    ap.add_argument("--aggregate", action="store_true", help="only write mean +- std over the finished seeds")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = args.methods or ORDER
@@ -137,6 +168,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {available_methods()}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.aggregate:
+        return aggregate(out, list(dict.fromkeys(ORDER + methods)))
     stream = QUICK_STREAM if args.quick else STREAM
     if not args.table_only:
         run_methods(methods, stream, bench_config(args.quick, args.seed), out, args.seed)
