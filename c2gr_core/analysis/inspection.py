@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..prompting.prompts import prompt_pool
-from ..methods.base import Method
-from .quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, SegmentorFeatures, correspondence_dsc, feature_fid, segmentor_features
-from ..prompting.rups import cosine_matrix
 from ..experiment.runs import task_index
+from ..methods.base import Method
+from ..prompting.prompts import prompt_pool
+from ..prompting.rups import cosine_matrix
+from .quality import (CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, SegmentorFeatures, correspondence_dsc, feature_fid,
+                      segmentor_features)
 
 
 def _task_index(method: Method, task: int | str) -> int:

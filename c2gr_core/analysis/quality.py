@@ -27,13 +27,13 @@ from torch import nn
 
 from data_catalog.catalog import entry_card
 
-from ..training.access import TaskAccess
 from ..config import ExperimentConfig, validate
+from ..experiment.runs import load_method, load_run_task, method_context, read_run
+from ..experiment.tasks import resolve_entries
 from ..losses import dice_counts
 from ..methods import get_method
 from ..methods.base import Method
-from ..experiment.runs import load_method, load_run_task, method_context, read_run
-from ..experiment.tasks import resolve_entries
+from ..training.access import TaskAccess
 
 FEATURE_FID_LABEL = "feature-FID (reference segmentor features)"
 INCEPTION_FID_LABEL = "Inception FID (user-supplied Inception-v3 weights)"

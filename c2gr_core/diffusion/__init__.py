@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from ..config import MASK_CODES, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS
 from .ema import make_ema
-from .losses import JointLoss, NoiseDraws, Teacher, bjd_loss, draw_noise, image_loss, joint_loss, njd_loss, snr_weights, target
+from .losses import (JointLoss, NoiseDraws, Teacher, bjd_loss, draw_noise, image_loss, joint_loss, njd_loss,
+                     snr_weights, target)
 from .maskcode import MaskCodec, make_codec
 from .samplers import ddim_step, ddpm_step, reverse_chain, sample_pairs, x0_and_eps
 from .schedule import add_noise, check_recipe, make_scheduler, timestep_grid

@@ -43,7 +43,8 @@ from ..training import distributed
 from ..training.access import TaskAccess
 from ..training.trainer import TqdmCallback
 from . import rundir
-from .rundir import N_INSPECT, atomic_save, atomic_write, load_checkpoint, read_json, read_matrix  # noqa: F401 (re-exported)
+# Re-exported: their home before the run directory got its own module.
+from .rundir import N_INSPECT, atomic_save, atomic_write, load_checkpoint, read_json, read_matrix  # noqa: F401
 from .tasks import evaluate_split, load_stream_task, make_context, resolve_entries, task_embeddings  # noqa: F401
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from .runtime import use_offline_environment
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"   # the source checkout's notebooks
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"   # the source checkout's notebooks
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

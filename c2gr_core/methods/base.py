@@ -25,16 +25,16 @@ from torch import nn
 
 from data_catalog.schema import TaskCard
 
-from ..training import distributed
-from ..training.access import TaskAccess
 from ..config import ExperimentConfig
-from ..prompting.prompts import prompt_pool
 from ..losses import predict as predict_labels
 from ..losses import seg_loss
 from ..models.segmentor import PromptedUNet
+from ..prompting.prompts import prompt_pool
 from ..prompting.prompts import TaskEmbeddings
-from ..training.replay import ReplayStore
 from ..prompting.rups import PlainPrompt
+from ..training import distributed
+from ..training.access import TaskAccess
+from ..training.replay import ReplayStore
 from ..training.trainer import Trainer
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..training import distributed
-from .coupled import C2GRModel, PairBatch, coupled_loss
 from ..diffusion import sample_pairs
 from ..losses import predict as predict_labels
+from ..training import distributed
 from ..training.trainer import Trainer
 from . import register
 from .base import Method, StreamContext, epoch_batches, steps_per_epoch
+from .coupled import C2GRModel, PairBatch, coupled_loss
 from .generative import GenerativeReplay
 
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training import distributed
-from ..prompting.prompts import prompt_pool
 from ..models.segmentor import PromptedUNet
+from ..prompting.prompts import prompt_pool
+from ..training import distributed
 from . import register
 from .base import SegmentorMethod
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import distributed
 from ..config import DenoiserConfig
-from ..prompting.prompts import prompt_pool
 from ..diffusion import Teacher, image_loss, reverse_chain
 from ..models.denoiser import Denoiser
+from ..prompting.prompts import prompt_pool
 from ..prompting.rups import PlainPrompt
+from ..training import distributed
 from ..training.trainer import Trainer
 from . import register
 from .base import SegmentorMethod, epoch_batches, steps_per_epoch

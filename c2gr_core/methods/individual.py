@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..prompting.prompts import prompt_pool
 from ..losses import predict as predict_labels
 from ..models.segmentor import PromptedUNet
+from ..prompting.prompts import prompt_pool
 from ..prompting.rups import PlainPrompt
 from . import register
 from .base import SegmentorMethod
