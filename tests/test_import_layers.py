@@ -59,6 +59,8 @@ GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 def _group(name: str) -> str | None:
     parts = name.split(".")
+    if name == "c2gr_core.__main__":   # `python -m c2gr_core`: the CLI's entry point
+        return "interface"
     return parts[1] if len(parts) > 1 else None   # None: the package root
 
 

@@ -30,7 +30,7 @@ from data_catalog.taskdata import TaskData
 from ..config import ExperimentConfig
 from ..experiment.runs import load_method
 from ..experiment.tasks import evaluate_split, resolve_entries
-from ..losses import dice_per_class, predict, seg_loss, task_dsc
+from ..losses import predict, seg_loss, task_dsc
 from ..methods.base import Method, epoch_batches, steps_per_epoch
 from ..models.segmentor import PromptedUNet
 from ..prompting.prompts import TaskEmbeddings, encode_tasks

@@ -86,8 +86,7 @@ class EWC(SegmentorMethod):
         # The whole split on every rank (not this rank's shard): all ranks hold the same Fisher,
         # the one rank 0 checkpoints.
         idx = list(epoch_batches(len(split), bs, rng, rank=0, world=1))[: self.fisher_batches]
-        batches = [(torch.from_numpy(np.asarray(split.images[i])), torch.from_numpy(np.asarray(split.masks[i])).long())
-                   for i in idx]
+        batches = [split.tensors(i) for i in idx]
 
         d = self.ctx.device
         n_cls = int(self.ctx.cards[t].n_classes)

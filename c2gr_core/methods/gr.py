@@ -90,8 +90,7 @@ class GR(GenerativeReplay, SegmentorMethod):
 
             def epoch(_):
                 for idx in epoch_batches(len(split), tc.batch_size, rng):  # this rank's shard
-                    x = torch.from_numpy(np.asarray(split.images[idx]))
-                    y = torch.from_numpy(np.asarray(split.masks[idx])).long()
+                    x, y = split.tensors(idx)
                     yield x, y, (replay.sample(tc.batch_size, rep_rng) if replay is not None else None)
             return epoch
 
