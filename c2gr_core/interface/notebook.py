@@ -88,31 +88,38 @@ def _cell(v, digits: int) -> str:
     return "" if v is None else str(v)
 
 
-def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | os.PathLike | None = None,
-               name: str | None = None, digits: int = 2, title: str | None = None):
-    """Display rows as an HTML table in the notebook and, with `out_dir`, write NAME.csv there.
-
-    Floats are shown with `digits` decimals (the CSV keeps full precision). Returns the HTML object.
-    """
-    import csv
+def table_html(header: Sequence[str], rows: Sequence[Sequence], digits: int = 2, title: str | None = None) -> str:
+    """Rows as an HTML table; floats with `digits` decimals, NaN as an empty cell."""
     import html
-
-    from IPython.display import HTML, display
 
     header = list(header)
     bad = [i for i, r in enumerate(rows) if len(r) != len(header)]
     if bad:
         raise ValueError(f"show_table: row(s) {bad} do not have the {len(header)} columns {header}")
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in r) + "</tr>" for r in rows)
+    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | os.PathLike | None = None,
+               name: str | None = None, digits: int = 2, title: str | None = None) -> None:
+    """Display rows as an HTML table in the notebook (`table_html`) and, with `out_dir`, write
+    NAME.csv there (full precision).
+
+    Returns None on purpose: a cell ending in `show_table(...)` would otherwise display the table
+    a second time (issue 11).
+    """
+    import csv
+
+    from IPython.display import HTML, display
+
+    obj = HTML(table_html(header, rows, digits, title))   # checks the rows before anything is written
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with (out / f"{name or 'table'}.csv").open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(header)
+            w.writerow(list(header))
             w.writerows([["" if v is None else v for v in r] for r in rows])
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in r) + "</tr>" for r in rows)
-    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
-    obj = HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
     display(obj)
-    return obj
