@@ -123,3 +123,43 @@ def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | o
             w.writerow(list(header))
             w.writerows([["" if v is None else v for v in r] for r in rows])
     display(obj)
+
+
+# ------------------------------------------------------------------ what a notebook displays
+# Rich outputs a reader sees as a picture or a table; the same payload twice is the same thing shown twice.
+_RICH = ("image/png", "image/svg+xml", "image/jpeg", "text/html", "application/vnd.plotly.v1+json")
+# The text a figure or display object prints when it is also the cell's value (`<Figure size ...>`).
+_OBJECT_REPRS = ("<Figure size", "<IPython.core.display.", "Figure({", "<matplotlib.")
+
+
+def repeated_displays(cells: Sequence[Sequence[Mapping]]) -> list[str]:
+    """What an executed notebook shows twice: `cells` are the cells' output lists (nbformat
+    outputs, e.g. `[c.outputs for c in nb.cells if c.cell_type == "code"]`).
+
+    Reports every rich output (image, HTML table, plotly figure) whose payload already appeared in
+    an earlier output of the notebook, and every cell value printed as an object's text repr (a
+    figure returned by the last line after it was displayed). Empty when all is shown once.
+    """
+    import hashlib
+
+    seen: dict[str, int] = {}
+    problems = []
+    for k, outputs in enumerate(cells):
+        for out in outputs:
+            data = out.get("data") or {}
+            for mime in _RICH:
+                if mime not in data:
+                    continue
+                payload = data[mime]
+                text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+                key = mime + ":" + hashlib.sha1(text.encode()).hexdigest()
+                if key in seen:
+                    problems.append(f"code cell {k} displays the same {mime} as code cell {seen[key]}")
+                else:
+                    seen[key] = k
+                break   # one payload per output: its richest form
+            plain = data.get("text/plain", "")
+            plain = "".join(plain) if isinstance(plain, list) else plain
+            if out.get("output_type") == "execute_result" and plain.lstrip().startswith(_OBJECT_REPRS):
+                problems.append(f"code cell {k} ends by printing an object's repr: {plain.strip()[:60]!r}")
+    return problems
