@@ -64,6 +64,11 @@ def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def _pct(v) -> str:
+    """A DSC in [0, 1] shown in %, the unit of the run logs and the notebooks' tables."""
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f} %"
+
+
 def class_legend(classes) -> str:
     """HTML legend of a task's mask classes: label k's colour swatch (viz.CLASS_COLOURS) and name."""
     items = []
@@ -210,7 +215,7 @@ class ReplayInspector(w.Tab):
                 f"(file {html.escape(self.samples[r][j].name)}); foreground labels in this mask: {labels}")
         q = self.quality.get((r, name))
         if q is not None:
-            text += (f"<br>{html.escape(CORRESPONDENCE_LABEL)}: {_fmt(q.get(CORRESPONDENCE_LABEL))} &nbsp; "
+            text += (f"<br>{html.escape(CORRESPONDENCE_LABEL)}: {_pct(q.get(CORRESPONDENCE_LABEL))} &nbsp; "
                      f"{html.escape(FEATURE_FID_LABEL)}: {_fmt(q.get(FEATURE_FID_LABEL))}")
         return text
 
@@ -327,7 +332,7 @@ class ReplayInspector(w.Tab):
         l = self.live
         quality = ("no reference given: pass reference= (a JointTrain run) to score the pairs"
                    if self._reference is None else
-                   f"{html.escape(CORRESPONDENCE_LABEL)} {_fmt(l[CORRESPONDENCE_LABEL])} &nbsp; "
+                   f"{html.escape(CORRESPONDENCE_LABEL)} {_pct(l[CORRESPONDENCE_LABEL])} &nbsp; "
                    f"{html.escape(FEATURE_FID_LABEL)} {_fmt(l[FEATURE_FID_LABEL])} (over the {len(l['images'])} "
                    "pairs drawn so far)")
         self.live_info.value = (f"pair {i + 1}/{len(l['images'])} drawn for <b>{html.escape(self.tasks[j])}</b> "
@@ -362,7 +367,7 @@ def static_gallery(run_dir: str | os.PathLike, round: int | None = None, n: int 
         label = tasks[j]
         row = q.get((r, tasks[j]))
         if row is not None:
-            label += f"\nDSC {_fmt(row.get(CORRESPONDENCE_LABEL))}\nfFID {_fmt(row.get(FEATURE_FID_LABEL))}"
+            label += f"\nDSC {_pct(row.get(CORRESPONDENCE_LABEL))}\nfFID {_fmt(row.get(FEATURE_FID_LABEL))}"
         grid[label] = {"real (test split)": (np.asarray(test.images), np.asarray(test.masks)),
                        f"replayed in round {r}": load_pairs(path)}
     return pairs_gallery(grid, n=n)

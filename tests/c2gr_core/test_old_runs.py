@@ -76,7 +76,7 @@ def test_live_sampling_in_the_inspector(run, capsys):
     x, y = live["images"], live["masks"]
     assert x.shape == (LIVE_BATCH + 2, 3, 32, 32) and y.shape == (LIVE_BATCH + 2, 32, 32)
     assert 0 <= live[CORRESPONDENCE_LABEL] <= 1 and live[FEATURE_FID_LABEL] >= 0
-    assert f"{live[CORRESPONDENCE_LABEL]:.3f}" in ins.live_info.value and "busi" in ins.live_info.value
+    assert f"{100 * live[CORRESPONDENCE_LABEL]:.1f} %" in ins.live_info.value and "busi" in ins.live_info.value
     assert "ddpm-3" in capsys.readouterr().err          # one progress bar over both batches (text tqdm here)
     i = ins.live["index"]
     assert i == LIVE_BATCH                               # the first pair of the last batch is on screen

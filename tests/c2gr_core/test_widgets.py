@@ -111,12 +111,12 @@ def test_real_side_is_the_tasks_test_split_and_quality_is_shown(run):
     assert ins.shown["real_index"] == k
     np.testing.assert_array_equal(ins.shown["real_pair"][0], np.asarray(test.images[k]))
     np.testing.assert_array_equal(ins.shown["real"], overlay(test.images[k], test.masks[k], ins.opacity.value))
-    assert "0.625" in ins.info.value and "12.500" in ins.info.value and "mms-a" in ins.info.value
+    assert "62.5 %" in ins.info.value and "12.500" in ins.info.value and "mms-a" in ins.info.value
     np.testing.assert_array_equal(_decoded(ins.real_mask.value, ins.shown["scale"]), mask_rgb(test.masks[k]))
     classes = load_run_task(run, 1).card.classes          # the legend names the task's classes
     assert classes and all(c in ins.legend.value for c in classes)
     ins.task.value = 0                                   # no quality row for fundus-a: no numbers shown
-    assert "0.625" not in ins.info.value and "fundus-a" in ins.info.value
+    assert "62.5 %" not in ins.info.value and "fundus-a" in ins.info.value
 
 
 def test_static_gallery_rows_are_the_replayed_tasks(run):
@@ -124,7 +124,7 @@ def test_static_gallery_rows_are_the_replayed_tasks(run):
     fig = static_gallery(run, n=2, quality=quality)
     assert len(fig.axes) == 4                            # 2 past tasks x (real, replayed)
     assert fig.axes[1].get_title() == "replayed in round 2"
-    assert "DSC 0.500" in fig.axes[0].get_ylabel() and fig.axes[2].get_ylabel() == "mms-a"
+    assert "DSC 50.0 %" in fig.axes[0].get_ylabel() and fig.axes[2].get_ylabel() == "mms-a"
     x, y = _pairs(2, 1, N_PAIRS[(2, 1)])
     panel = fig.axes[3].images[0].get_array()
     np.testing.assert_array_equal(panel[SIZE:, :SIZE], mask_rgb(y[0]))
