@@ -346,10 +346,10 @@ def similarity_heatmap(matrices: dict, names: list[str], title: str = "Cosine si
             z=np.asarray(m, dtype=float), x=names, y=names, zmin=lo, zmax=hi, colorscale="Viridis", name=k,
             hovertemplate="%{y} vs %{x}<br>cos %{z:.3f}<extra></extra>",
             colorbar=dict(orientation="h", x=(i - 1) * (width + spacing) + width / 2, xanchor="center",
-                          len=width, lenmode="fraction", thickness=12, y=0.0, yref="container",
-                          yanchor="bottom", title=dict(text=f"{scale_title} ({lo:.3g} … {hi:.3g})", side="top"),
+                          len=width, lenmode="fraction", thickness=12, y=0.0, yref="container", ypad=4,
+                          yanchor="bottom", title=dict(text=f"{scale_title} ({lo:.3g} … {hi:.3g})", side="bottom"),
                           tickformat=".3g", nticks=4)), row=1, col=i)
     fig.update_yaxes(autorange="reversed", automargin=True)
     fig.update_xaxes(tickangle=-40, automargin=True)
-    fig.update_layout(title=title, height=360 + 16 * T, autosize=True, margin=dict(l=10, r=10, t=70, b=150))
+    fig.update_layout(title=title, height=330 + 16 * T, autosize=True, margin=dict(l=10, r=10, t=70, b=110))
     return fig

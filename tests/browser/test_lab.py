@@ -66,6 +66,11 @@ def lab():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
            "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
+    # No "get notified about Jupyter news?" toast over the page (and no request for it).
+    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(root / ".settings")
     log = open(root / "lab.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
                              "--port", str(port), f"--ServerApp.token={token}", "--allow-root",
@@ -179,10 +184,12 @@ def test_replay_inspector_runs_and_follows_its_controls(lab, browser):
     before = replayed()
     handle = next(s for s in inspector.find_elements("css selector", ".widget-slider")
                   if "sample" in s.text).find_element("css selector", ".noUi-handle")
+    value = int(handle.get_attribute("aria-valuenow").split(".")[0])
     handle.click()
-    handle.send_keys(Keys.ARROW_RIGHT)
+    handle.send_keys(Keys.ARROW_LEFT if value > 1 else Keys.ARROW_RIGHT)
     _wait(browser, lambda d: replayed() != before, 30, "the picture to follow the sample slider")
-    assert "pair 2/" in inspector.text   # the caption counts from 1, like the slider
+    now = int(handle.get_attribute("aria-valuenow").split(".")[0])
+    assert now != value and f"pair {now}/" in inspector.text   # the caption counts from 1, like the slider
 
     # live sampling: a click on draw brings new pairs
     next(t for t in inspector.find_elements("css selector", ".lm-TabBar-tab") if "live" in t.text).click()
