@@ -40,8 +40,11 @@ stream: env
 notebook: env
 	$(BIN)/python -m c2gr_core.interface.batch $(NB) --tag $(TAG) $(PARAMS)
 
+# JupyterLab over the whole repository (README and docs/ reachable), opening notebooks/. Containers
+# run as root, where Jupyter refuses to start without --allow-root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: env
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

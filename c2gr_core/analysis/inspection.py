@@ -24,17 +24,22 @@ def _task_index(method: Method, task: int | str) -> int:
 
 # ------------------------------------------------------------------------ generated pairs
 @torch.no_grad()
-def sample_task_pairs(method: Method, task: int | str, n: int, seed: int = 0,
-                      steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sample_task_pairs(method: Method, task: int | str, n: int, seed: int | torch.Generator = 0,
+                      steps: int | None = None, sampler: str | None = None,
+                      progress=False) -> tuple[np.ndarray, np.ndarray]:
     """n image-mask pairs for `task` from a C2GR-family method's generator as it stands now (the
     final model after `load_method`), prompted exactly as its replay is: the generator prompt of
     the tasks seen so far, sampled by the weights that sample its replay (the EMA when there is one),
     labels a task lacks set to background.
 
+    `seed` is an int or a torch.Generator to continue (several calls then draw what one call
+    would); `sampler` ("ddpm" / "ddim") and `steps` default to the run's config; `progress` as in
+    `diffusion.reverse_chain` (True, a description, or an open bar).
     Returns images (n, 3, H, W) float32 in [-1, 1] and masks (n, H, W) uint8.
     """
     j = _task_index(method, task)
-    images, labels = method.sample_pairs(j, int(n), torch.Generator().manual_seed(int(seed)), steps=steps)
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    images, labels = method.sample_pairs(j, int(n), generator, steps=steps, sampler=sampler, progress=progress)
     return images.cpu().numpy().astype(np.float32), labels.cpu().numpy().astype(np.uint8)
 
 

@@ -73,14 +73,16 @@ def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torc
 @torch.no_grad()
 def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: int, image_size: int,
                   sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
-                  generator: torch.Generator | None = None, progress: bool | str = False, chunk_size: int = 64,
+                  generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
                   eta: float = 0.0) -> torch.Tensor:
     """n samples (n, channels, H, W) drawn from pure noise by the reverse process (sec. 3.1).
 
     The one reverse-chain loop of the workbench: joint pairs (`sample_pairs`) and GR's images use it.
     prompt: (P,) for one task or (n, P) per sample. sampler/steps default to cfg.sampler/cfg.sample_steps
     (paper: DDPM, 200 steps over K = 1000); the output is read as cfg.prediction. Samples are drawn
-    `chunk_size` at a time; `progress` (True or a description) shows a bar over reverse steps.
+    `chunk_size` at a time; `progress` (True or a description) shows a bar over reverse steps, or
+    is an open bar (anything with `update(n)`, e.g. a tqdm the caller owns and closes) that each
+    reverse step advances by one: the replay inspector draws in several calls under one bar.
     """
     cfg = cfg or DiffusionConfig()
     sampler = cfg.sampler if sampler is None else sampler
@@ -100,9 +102,12 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
 
     was_training = denoiser.training
     denoiser.eval()
-    bar = None
-    if progress:
+    bar, own_bar = None, False
+    if hasattr(progress, "update"):
+        bar = progress
+    elif progress:
         from tqdm.auto import tqdm
+        own_bar = True
         desc = progress if isinstance(progress, str) else f"{sampler}-{steps}"
         bar = tqdm(total=len(grid) * -(-n // chunk_size), desc=desc)
     out = []
@@ -124,14 +129,14 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
             out.append(xy)
     finally:
         denoiser.train(was_training)
-        if bar is not None:
+        if own_bar:
             bar.close()
     return torch.cat(out)
 
 
 def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, codec: MaskCodec,
                  sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
-                 generator: torch.Generator | None = None, progress: bool | str = False, chunk_size: int = 64,
+                 generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
                  eta: float = 0.0, image_channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw n image–mask pairs with `reverse_chain`, prompted by zeta.
 

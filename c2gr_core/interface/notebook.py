@@ -88,31 +88,78 @@ def _cell(v, digits: int) -> str:
     return "" if v is None else str(v)
 
 
-def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | os.PathLike | None = None,
-               name: str | None = None, digits: int = 2, title: str | None = None):
-    """Display rows as an HTML table in the notebook and, with `out_dir`, write NAME.csv there.
-
-    Floats are shown with `digits` decimals (the CSV keeps full precision). Returns the HTML object.
-    """
-    import csv
+def table_html(header: Sequence[str], rows: Sequence[Sequence], digits: int = 2, title: str | None = None) -> str:
+    """Rows as an HTML table; floats with `digits` decimals, NaN as an empty cell."""
     import html
-
-    from IPython.display import HTML, display
 
     header = list(header)
     bad = [i for i, r in enumerate(rows) if len(r) != len(header)]
     if bad:
         raise ValueError(f"show_table: row(s) {bad} do not have the {len(header)} columns {header}")
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in r) + "</tr>" for r in rows)
+    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def show_table(header: Sequence[str], rows: Sequence[Sequence], out_dir: str | os.PathLike | None = None,
+               name: str | None = None, digits: int = 2, title: str | None = None) -> None:
+    """Display rows as an HTML table in the notebook (`table_html`) and, with `out_dir`, write
+    NAME.csv there (full precision).
+
+    Returns None on purpose: a cell ending in `show_table(...)` would otherwise display the table
+    a second time (issue 11).
+    """
+    import csv
+
+    from IPython.display import HTML, display
+
+    obj = HTML(table_html(header, rows, digits, title))   # checks the rows before anything is written
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with (out / f"{name or 'table'}.csv").open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(header)
+            w.writerow(list(header))
             w.writerows([["" if v is None else v for v in r] for r in rows])
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in r) + "</tr>" for r in rows)
-    cap = f"<caption>{html.escape(title)}</caption>" if title else ""
-    obj = HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
     display(obj)
-    return obj
+
+
+# ------------------------------------------------------------------ what a notebook displays
+# Rich outputs a reader sees as a picture or a table; the same payload twice is the same thing shown twice.
+_RICH = ("image/png", "image/svg+xml", "image/jpeg", "text/html", "application/vnd.plotly.v1+json")
+# The text a figure or display object prints when it is also the cell's value (`<Figure size ...>`).
+_OBJECT_REPRS = ("<Figure size", "<IPython.core.display.", "Figure({", "<matplotlib.")
+
+
+def repeated_displays(cells: Sequence[Sequence[Mapping]]) -> list[str]:
+    """What an executed notebook shows twice: `cells` are the cells' output lists (nbformat
+    outputs, e.g. `[c.outputs for c in nb.cells if c.cell_type == "code"]`).
+
+    Reports every rich output (image, HTML table, plotly figure) whose payload already appeared in
+    an earlier output of the notebook, and every cell value printed as an object's text repr (a
+    figure returned by the last line after it was displayed). Empty when all is shown once.
+    """
+    import hashlib
+
+    seen: dict[str, int] = {}
+    problems = []
+    for k, outputs in enumerate(cells):
+        for out in outputs:
+            data = out.get("data") or {}
+            for mime in _RICH:
+                if mime not in data:
+                    continue
+                payload = data[mime]
+                text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+                key = mime + ":" + hashlib.sha1(text.encode()).hexdigest()
+                if key in seen:
+                    problems.append(f"code cell {k} displays the same {mime} as code cell {seen[key]}")
+                else:
+                    seen[key] = k
+                break   # one payload per output: its richest form
+            plain = data.get("text/plain", "")
+            plain = "".join(plain) if isinstance(plain, list) else plain
+            if out.get("output_type") == "execute_result" and plain.lstrip().startswith(_OBJECT_REPRS):
+                problems.append(f"code cell {k} ends by printing an object's repr: {plain.strip()[:60]!r}")
+    return problems

@@ -131,18 +131,19 @@ def save_figure(fig, out_dir, name: str, png: bytes | None = None) -> list:
     return [path]
 
 
-def show(fig, out_dir=None, name: str | None = None):
+def show(fig, out_dir=None, name: str | None = None) -> None:
     """Display a figure in a notebook and, with `out_dir`, save it there (`save_figure`).
 
     Matplotlib figures are shown as PNG whatever the backend (batch runs use Agg, where a bare
-    Figure would display as text); plotly figures display natively (interactive)."""
+    Figure would display as text); plotly figures display natively (interactive), sized to the
+    output area. Returns None on purpose: a cell ending in `viz.show(...)` would otherwise display
+    the figure a second time (issue 11)."""
     from IPython.display import Image, display
 
     png = None if _is_plotly(fig) else figure_png(fig)   # rendered once, for the file and the notebook
     if out_dir is not None:
         save_figure(fig, out_dir, name or "figure", png=png)
     display(fig if png is None else Image(data=png))
-    return fig
 
 
 # ---------------------------------------------------------------------------- galleries
@@ -270,13 +271,17 @@ def params_vs_overall(points: list[dict]) -> Figure:
 
 def embedding_scatter(panels: dict, ax_size: float = 3.4) -> Figure:
     """2-D embeddings side by side (t-SNE of Fig. 8): panels[title] = (xy (N, 2), labels (N,)),
-    one colour per label, the same label -> colour map in every panel."""
+    one colour per label, the same label -> colour map in every panel, named by one legend below
+    all panels (it belongs to every panel, not to the last one)."""
     if not panels:
         raise ValueError("embedding_scatter: no panels given")
     labels = list(dict.fromkeys(l for _, (_, lab) in panels.items() for l in lab))
     colour = {l: f"C{i % 10}" for i, l in enumerate(labels)}
-    fig = Figure(figsize=(ax_size * len(panels) + 1.5, ax_size), layout="constrained")
+    ncols = min(len(labels), 5)
+    legend_rows = -(-len(labels) // ncols)
+    fig = Figure(figsize=(max(ax_size * len(panels), 6.0), ax_size + 0.35 * legend_rows + 0.3), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = {}
     for ax, (title, (xy, lab)) in zip(axes, panels.items()):
         xy, lab = np.asarray(xy), np.asarray(lab)
         if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(lab):
@@ -285,18 +290,41 @@ def embedding_scatter(panels: dict, ax_size: float = 3.4) -> Figure:
         for l in labels:
             sel = lab == l
             if sel.any():
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=12, color=colour[l], label=l)
-        ax.set_title(title, fontsize=9)
+                handles[l] = ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=colour[l], label=l)
+        ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.legend([handles[l] for l in labels if l in handles], [l for l in labels if l in handles],
+               loc="outside lower center", ncols=ncols, fontsize=9, markerscale=1.4, frameon=False)
     return fig
 
 
+def _off_diagonal_range(m: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a square matrix without its diagonal (cosine 1 by definition): the span in
+    which a similarity matrix carries information. A constant matrix gets a small span around its
+    value, so plotly still has a scale to draw."""
+    m = np.asarray(m, dtype=float)
+    off = m[~np.eye(len(m), dtype=bool)] if len(m) > 1 else m.ravel()
+    off = off[np.isfinite(off)]
+    if off.size == 0:
+        return -1.0, 1.0
+    lo, hi = float(off.min()), float(off.max())
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.05, hi + 0.05
+    return lo, hi
+
+
 def similarity_heatmap(matrices: dict, names: list[str], title: str = "Cosine similarity of task prompts",
-                       zmin: float = -1.0, zmax: float = 1.0):
+                       zmin: float | None = None, zmax: float | None = None, scale_title: str = "cosine"):
     """Interactive (plotly) heatmaps side by side: matrices[panel title] = (T, T) array over the
-    tasks `names` (Fig. 7). Trace k's z is matrices' k-th array."""
+    tasks `names` (Fig. 7). Trace k's z is matrices' k-th array.
+
+    Each panel has its own colour scale over its off-diagonal values (`zmin`/`zmax` fix it
+    instead), with its colour bar under the panel, titled `scale_title` and the span: learned
+    prompts are often all close to 1, and on a fixed -1..1 scale their block structure (tasks that
+    share anatomy or objective, Fig. 7) drowns in one colour. The diagonal (1) shows as the top
+    colour. The figure has no fixed width, so it fills the notebook's output area.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -306,11 +334,22 @@ def similarity_heatmap(matrices: dict, names: list[str], title: str = "Cosine si
     for k, m in matrices.items():
         if np.shape(m) != (T, T):
             raise ValueError(f"similarity_heatmap: {k!r} is {np.shape(m)}, expected ({T}, {T}) for tasks {names}")
-    fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.12)
+    n = len(matrices)
+    spacing = 0.04
+    fig = make_subplots(rows=1, cols=n, subplot_titles=list(matrices), horizontal_spacing=spacing,
+                        shared_yaxes=True)
+    width = (1 - spacing * (n - 1)) / n   # each panel's share of the plotting area (make_subplots' domains)
     for i, (k, m) in enumerate(matrices.items(), start=1):
-        fig.add_trace(go.Heatmap(z=np.asarray(m, dtype=float), x=names, y=names, zmin=zmin, zmax=zmax,
-                                 colorscale="RdBu_r", showscale=i == len(matrices), name=k,
-                                 hovertemplate="%{y} vs %{x}<br>cos %{z:.3f}<extra></extra>"), row=1, col=i)
-        fig.update_yaxes(autorange="reversed", row=1, col=i)
-    fig.update_layout(title=title, height=300 + 18 * T, width=max(520, (320 + 18 * T) * len(matrices)))
+        lo, hi = _off_diagonal_range(m)
+        lo, hi = (lo if zmin is None else zmin), (hi if zmax is None else zmax)
+        fig.add_trace(go.Heatmap(
+            z=np.asarray(m, dtype=float), x=names, y=names, zmin=lo, zmax=hi, colorscale="Viridis", name=k,
+            hovertemplate="%{y} vs %{x}<br>cos %{z:.3f}<extra></extra>",
+            colorbar=dict(orientation="h", x=(i - 1) * (width + spacing) + width / 2, xanchor="center",
+                          len=width, lenmode="fraction", thickness=12, y=0.0, yref="container", ypad=4,
+                          yanchor="bottom", title=dict(text=f"{scale_title} ({lo:.3g} … {hi:.3g})", side="bottom"),
+                          tickformat=".3g", nticks=4)), row=1, col=i)
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_xaxes(tickangle=-40, automargin=True)
+    fig.update_layout(title=title, height=330 + 16 * T, autosize=True, margin=dict(l=10, r=10, t=70, b=110))
     return fig

@@ -144,7 +144,8 @@ class Method:
 
     @torch.no_grad()
     def sample_pairs(self, task: int, n: int, generator: torch.Generator, steps: int | None = None,
-                     after_round: int | None = None, progress: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     after_round: int | None = None, progress=False,
+                     sampler: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """n fresh image-mask pairs of `task` from the method's generator (when `generates_pairs`)."""
         raise TypeError(f"method {self.name!r} has no image-mask generator; only the C2GR family "
                         "(c2gr, c2gr-njd, c2gr-norups, cgr) generates pairs")

@@ -57,15 +57,17 @@ class C2GR(GenerativeReplay, Method):
 
     @torch.no_grad()
     def sample_pairs(self, task: int, n: int, generator: torch.Generator, steps: int | None = None,
-                     after_round: int | None = None, progress: bool | str = False):
+                     after_round: int | None = None, progress=False, sampler: str | None = None):
         """n pairs of `task` prompted as after round `after_round` (default: the last trained, or the
-        task's own round if later), sampled by the weights that sample the replay (the EMA if any).
+        task's own round if later), sampled by the weights that sample the replay (the EMA if any),
+        with `sampler`/`steps` (default: the config's diffusion.sampler / sample_steps).
         Images (n, 3, H, W) in [-1, 1], labels (n, H, W) long."""
         cfg = self.ctx.cfg
         r = max(self.last_round(), task) if after_round is None else after_round
         z_gen = self.generator_prompts(r)
         images, labels = sample_pairs(self.replay_denoiser, z_gen[task], n, cfg.data.image_size, self.model.codec,
-                                      cfg=cfg.diffusion, steps=steps, generator=generator, progress=progress)
+                                      cfg=cfg.diffusion, sampler=sampler, steps=steps, generator=generator,
+                                      progress=progress)
         # A generated label the task does not have cannot be trusted as any of its classes.
         labels[labels > self.ctx.cards[task].n_classes] = 0
         return images, labels

@@ -112,8 +112,18 @@ def minilm_model_dir() -> Path:
 def _load_sentence_transformer(model_dir: str, device: str):
     # Cached: notebooks and runs create several encoders; the weights load once per process.
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415
-    with hub_offline():
-        model = SentenceTransformer(model_dir, device=device, local_files_only=True)
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    # transformers draws a "Loading weights 103/103" bar for this sub-second load, even inside runs
+    # and notebooks asked for progress=False (issue 11); it says nothing, so it is always off here.
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with hub_offline():
+            model = SentenceTransformer(model_dir, device=device, local_files_only=True)
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
     model.eval()
     model.requires_grad_(False)
     return model

@@ -75,9 +75,13 @@ def test_ensure_runs_refuses_an_unfinished_given_run(tmp_path):
                              existing={"finetune": run})
 
 
-def test_show_table_writes_csv_and_formats_html(tmp_path):
-    obj = notebook.show_table(["name", "value", "list"], [["a", 0.123456, ["x", "y"]], ["b", float("nan"), None]],
-                              tmp_path, "t", digits=3, title="T <1>")
+def test_show_table_writes_csv_and_formats_html(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.extend(objs))
+    rows = [["a", 0.123456, ["x", "y"]], ["b", float("nan"), None]]
+    assert notebook.show_table(["name", "value", "list"], rows, tmp_path, "t", digits=3, title="T <1>") is None
+    (obj,) = shown   # displayed once, and nothing returned that a cell would display again
+    assert obj.data == notebook.table_html(["name", "value", "list"], rows, 3, "T <1>")
     assert "<td>0.123</td>" in obj.data and "<td>x, y</td>" in obj.data and "T &lt;1&gt;" in obj.data
     with (tmp_path / "t.csv").open() as f:
         rows = list(csv.reader(f))

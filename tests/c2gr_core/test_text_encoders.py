@@ -150,3 +150,17 @@ def test_factory_validates_name():
     with pytest.raises(ValueError, match=r"'minilm', 'open_clip', 'hash'"):
         get_text_encoder(PromptConfig(encoder="clip"))
     assert isinstance(get_text_encoder(PromptConfig(encoder="hash")), HashEncoder)
+
+
+def test_minilm_loads_without_a_progress_bar(capfd):
+    # Notebooks run with progress=False showed transformers' "Loading weights 100% 103/103" bar (issue 11).
+    from transformers.utils import logging as hf_logging
+
+    from c2gr_core.prompting import text_encoders
+
+    text_encoders._load_sentence_transformer.cache_clear()   # a fresh load, as in a new kernel
+    capfd.readouterr()
+    MiniLMEncoder()
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err
+    assert hf_logging.is_progress_bar_enabled()   # silenced for the load only, not for the whole process

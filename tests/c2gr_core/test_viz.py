@@ -97,11 +97,15 @@ def test_save_figure_writes_png_for_matplotlib_and_html_for_plotly(tmp_path):
         viz.save_figure(object(), tmp_path, "x")
 
 
-def test_show_saves_and_returns_the_figure(tmp_path):
+def test_show_saves_and_displays_the_figure_once(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.extend(objs))
     fig = Figure()
     fig.subplots()
-    assert viz.show(fig, tmp_path, "shown") is fig
+    assert viz.show(fig, tmp_path, "shown") is None   # a returned figure would be displayed again
     assert (tmp_path / "shown.png").exists()
+    (img,) = shown
+    assert img.data == (tmp_path / "shown.png").read_bytes()
 
 
 def test_pairs_gallery_puts_each_image_above_its_mask_with_gaps():
@@ -180,7 +184,34 @@ def test_similarity_heatmap_has_one_trace_per_matrix():
     fig = viz.similarity_heatmap({"A": a, "B": b}, ["x", "y", "z"])
     assert len(fig.data) == 2 and [t.name for t in fig.data] == ["A", "B"]
     np.testing.assert_array_equal(np.asarray(fig.data[1].z), b)
-    assert list(fig.data[0].x) == ["x", "y", "z"] and fig.data[0].zmin == -1
+    assert list(fig.data[0].x) == ["x", "y", "z"]
+    assert fig.layout.width is None and fig.layout.autosize   # fills the output area, whatever its width
     json.loads(fig.to_json())   # serialisable for the notebook front end
     with pytest.raises(ValueError, match="expected \\(3, 3\\)"):
         viz.similarity_heatmap({"A": np.eye(2)}, ["x", "y", "z"])
+
+
+def test_similarity_heatmap_scales_follow_the_off_diagonal_data():
+    # Two blocks of similar tasks, all prompts close to 1 (the learned case of Fig. 7).
+    m = np.array([[1.0, 0.99, 0.95], [0.99, 1.0, 0.95], [0.95, 0.95, 1.0]])
+    fig = viz.similarity_heatmap({"A": np.eye(3) * 2 - 1, "B": m}, ["x", "y", "z"])
+    a, b = fig.data
+    assert (a.zmin, a.zmax) == pytest.approx((-1.05, -0.95))   # constant off-diagonal: a small span around it
+    assert (b.zmin, b.zmax) == pytest.approx((0.95, 0.99))   # the blocks span the whole colour scale
+    for trace in fig.data:
+        assert trace.colorbar.title.text.startswith("cosine")   # the scale is named
+        assert trace.showscale is not False
+    # Each colour bar sits under its own panel.
+    for k, trace in enumerate(fig.data):
+        domain = fig.layout[f"xaxis{k + 1 if k else ''}"].domain
+        assert domain[0] < trace.colorbar.x < domain[1]
+    fixed = viz.similarity_heatmap({"B": m}, ["x", "y", "z"], zmin=-1, zmax=1)
+    assert (fixed.data[0].zmin, fixed.data[0].zmax) == (-1, 1)
+
+
+def test_embedding_scatter_has_one_legend_for_all_panels():
+    xy = np.arange(12, dtype=float).reshape(6, 2)
+    fig = viz.embedding_scatter({"p1": (xy, list("aabbbc")), "p2": (xy, list("aabbbc"))})
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b", "c"] and legend.get_texts()[0].get_fontsize() >= 9

@@ -58,8 +58,9 @@ def test_inspector_starts_on_the_last_round_and_shows_the_stored_pair(run):
     assert isinstance(ins, ReplayInspector)
     assert ins.round.value == 2 and [v for _, v in ins.round.options] == [1, 2]
     assert [v for _, v in ins.task.options] == [0, 1] and ins.task.value == 0
-    assert ins.sample.max == N_PAIRS[(2, 0)] - 1
+    assert (ins.sample.min, ins.sample.max) == (1, N_PAIRS[(2, 0)])   # 1-based, like the caption "pair i/n"
     x, y = _pairs(2, 0, N_PAIRS[(2, 0)])
+    assert "pair 1/2" in ins.info.value
     np.testing.assert_array_equal(ins.shown["replayed_pair"][0], x[0])
     np.testing.assert_array_equal(ins.shown["replayed_pair"][1], y[0])
     expected = overlay(x[0], y[0], ins.opacity.value)
@@ -75,11 +76,12 @@ def test_controls_change_what_is_displayed(run):
 
     ins.task.value = 1                                   # another past task: its own file and pair count
     x, y = _pairs(2, 1, N_PAIRS[(2, 1)])
-    assert ins.shown["task"] == 1 and ins.sample.max == N_PAIRS[(2, 1)] - 1
+    assert ins.shown["task"] == 1 and ins.sample.max == N_PAIRS[(2, 1)]
     assert ins.replayed_image.value != before
 
-    ins.sample.value = 3                                 # the slider picks the pair
-    assert ins.shown["index"] == 3
+    ins.sample.value = 4                                 # the slider picks the pair (1-based)
+    assert ins.shown["index"] == 3 and "pair 4/4" in ins.info.value
+    np.testing.assert_array_equal(_decoded(ins.replayed_mask.value, ins.shown["scale"]), mask_rgb(y[3]))
     np.testing.assert_array_equal(ins.shown["replayed"], overlay(x[3], y[3], ins.opacity.value))
     with_mask = ins.replayed_image.value
 
@@ -94,7 +96,7 @@ def test_controls_change_what_is_displayed(run):
     ins.round.value = 1                                  # round 1 replayed task 0 only
     assert [v for _, v in ins.task.options] == [0]
     assert ins.shown["round"] == 1 and ins.shown["task"] == 0
-    assert ins.sample.max == N_PAIRS[(1, 0)] - 1 and ins.shown["index"] <= ins.sample.max
+    assert ins.sample.max == N_PAIRS[(1, 0)] and ins.shown["index"] < ins.sample.max
     x1, _ = _pairs(1, 0, N_PAIRS[(1, 0)])
     np.testing.assert_array_equal(ins.shown["replayed_pair"][0], x1[ins.shown["index"]])
 
@@ -103,15 +105,18 @@ def test_real_side_is_the_tasks_test_split_and_quality_is_shown(run):
     quality = [{"round": 2, "task": "mms-a", CORRESPONDENCE_LABEL: 0.625, FEATURE_FID_LABEL: 12.5}]
     ins = ReplayInspector(run, quality=quality)
     ins.task.value = 1
-    ins.sample.value = 3
+    ins.sample.value = 4
     test = load_run_task(run, 1).test
     k = 3 % len(test.images)
     assert ins.shown["real_index"] == k
     np.testing.assert_array_equal(ins.shown["real_pair"][0], np.asarray(test.images[k]))
     np.testing.assert_array_equal(ins.shown["real"], overlay(test.images[k], test.masks[k], ins.opacity.value))
-    assert "0.625" in ins.info.value and "12.500" in ins.info.value and "mms-a" in ins.info.value
+    assert "62.5 %" in ins.info.value and "12.500" in ins.info.value and "mms-a" in ins.info.value
+    np.testing.assert_array_equal(_decoded(ins.real_mask.value, ins.shown["scale"]), mask_rgb(test.masks[k]))
+    classes = load_run_task(run, 1).card.classes          # the legend names the task's classes
+    assert classes and all(c in ins.legend.value for c in classes)
     ins.task.value = 0                                   # no quality row for fundus-a: no numbers shown
-    assert "0.625" not in ins.info.value and "fundus-a" in ins.info.value
+    assert "62.5 %" not in ins.info.value and "fundus-a" in ins.info.value
 
 
 def test_static_gallery_rows_are_the_replayed_tasks(run):
@@ -119,7 +124,7 @@ def test_static_gallery_rows_are_the_replayed_tasks(run):
     fig = static_gallery(run, n=2, quality=quality)
     assert len(fig.axes) == 4                            # 2 past tasks x (real, replayed)
     assert fig.axes[1].get_title() == "replayed in round 2"
-    assert "DSC 0.500" in fig.axes[0].get_ylabel() and fig.axes[2].get_ylabel() == "mms-a"
+    assert "DSC 50.0 %" in fig.axes[0].get_ylabel() and fig.axes[2].get_ylabel() == "mms-a"
     x, y = _pairs(2, 1, N_PAIRS[(2, 1)])
     panel = fig.axes[3].images[0].get_array()
     np.testing.assert_array_equal(panel[SIZE:, :SIZE], mask_rgb(y[0]))
