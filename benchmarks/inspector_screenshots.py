@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,67 +47,6 @@ def prepare_notebook(dest: Path, run_dir: Path, reference_run_dir: Path) -> Path
                                parameters={"run_dir": str(run_dir), "reference_run_dir": str(reference_run_dir),
                                            "progress": False})
     return out
-
-
-@contextmanager
-def lab_server(root: Path):
-    """JupyterLab on 127.0.0.1 over `root`, as the browser test's `lab` fixture starts it; yields (url, token)."""
-    h = _harness()
-    port, token = h._free_port(), secrets.token_hex(16)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
-           "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
-    settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(root / ".settings")
-    log = open(root / "lab.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
-                             "--port", str(port), f"--ServerApp.token={token}", "--allow-root",
-                             f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start; its log:\n{(root / 'lab.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@contextmanager
-def chromium(width: int = 1280, height: int = 1000):
-    """Headless Chromium with the browser test's flags, a fresh profile, a `width` px window."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    h = _harness()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = h.CHROMIUM
-    for a in h.CHROMIUM_ARGS:
-        opts.add_argument(a)
-    profile = tempfile.mkdtemp(prefix="c2gr-chromium-")
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.add_argument(f"--window-size={width},{height}")
-    driver = webdriver.Chrome(service=Service(h.CHROMEDRIVER), options=opts)
-    driver.set_window_size(width, height)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def run_all(driver, url: str, token: str, name: str, timeout: float):
@@ -151,7 +85,7 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     try:
         prepare_notebook(root, a.run.resolve(), a.reference.resolve())
-        with lab_server(root) as (url, token), chromium() as driver:
+        with h.lab_server(root) as (url, token), h.chromium() as driver:
             t0 = time.time()
             run_all(driver, url, token, NOTEBOOK, a.timeout)
             print(f"notebook ran in the browser in {time.time() - t0:.0f} s")

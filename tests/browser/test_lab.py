@@ -12,6 +12,7 @@ under CI (C2GR_CI=1, set by .ci/run), where a missing browser is a failure.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import secrets
 import shutil
 import socket
@@ -54,19 +55,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab():
-    """A JupyterLab server over a copy of notebooks 03 and 04 (the browser must not save over the
-    sources), its kernels importing this checkout; yields its base URL with the token."""
-    _need_browser()
-    root = Path(tempfile.mkdtemp(prefix="c2gr-lab-"))
-    for nb in ("03_replay_inspector.ipynb", "04_rups_prompts.ipynb"):
-        shutil.copy(ROOT / "notebooks" / nb, root / nb)
+@contextmanager
+def lab_server(root: Path):
+    """JupyterLab from this environment on 127.0.0.1 over `root` (its kernels import this checkout);
+    yields (url, token). Also used by benchmarks/inspector_screenshots.py."""
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
            "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
-    # No "get notified about Jupyter news?" toast over the page (and no request for it).
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
@@ -95,12 +91,11 @@ def lab():
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def browser():
-    _need_browser()
+@contextmanager
+def chromium(width: int = 1280, height: int = 1000):
+    """Headless Chromium with CHROMIUM_ARGS, a fresh profile, a `width` px window."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -108,16 +103,39 @@ def browser():
     opts.binary_location = CHROMIUM
     for a in CHROMIUM_ARGS:
         opts.add_argument(a)
-    profile = tempfile.mkdtemp(prefix="c2gr-chromium-")   # a fresh profile every time
+    profile = tempfile.mkdtemp(prefix="c2gr-chromium-")
     opts.add_argument(f"--user-data-dir={profile}")
-    opts.add_argument("--window-size=1280,1000")
+    opts.add_argument(f"--window-size={width},{height}")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_window_size(1280, 1000)
+    driver.set_window_size(width, height)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A JupyterLab server over a copy of notebooks 03 and 04 (the browser must not save over the
+    sources), its kernels importing this checkout; yields its base URL with the token."""
+    _need_browser()
+    root = Path(tempfile.mkdtemp(prefix="c2gr-lab-"))
+    for nb in ("03_replay_inspector.ipynb", "04_rups_prompts.ipynb"):
+        shutil.copy(ROOT / "notebooks" / nb, root / nb)
+    try:
+        with lab_server(root) as (url, token):
+            yield url, token
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    _need_browser()
+    with chromium(1280, 1000) as driver:
+        yield driver
 
 
 def _wait(driver, condition, timeout: float, what: str):
