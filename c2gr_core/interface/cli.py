@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # `c2gr tasks | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except (ValueError, OSError, RunDirectoryBusy) as e:  # our errors name the file/parameter: show them plainly
         print(f"c2gr {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -60,3 +60,14 @@ def test_prepare_a_2d_dataset(tmp_path, capsys):
     assert (tmp_path / "dst" / "index.json").exists()
     assert main(["prepare", "busi", str(tmp_path / "src"), str(tmp_path / "dst")]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    # `c2gr tasks | head -1`: the pipe closes before the listing ends; no "error: Broken pipe".
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m c2gr_core tasks | head -1", shell=True, capture_output=True,
+                          text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout.startswith("upstream tasks")
+    assert "error" not in proc.stderr
