@@ -1,7 +1,9 @@
 """Training cost: images/s of the coupled C2GR step (eq. 9: one loss, one Adam step over segmentor,
 denoiser and prompt graph) against the same MONAI networks trained one after the other in a plain
 loop (segmentor step on L_seg, then denoiser step on the BJD loss, each with its own Adam and the
-prompts held fixed), on the same batch in the same process, in fp32 and bf16 autocast. Achieved
+prompts held fixed), on the same batch in the same process, in fp32 and bf16 autocast, with torch's
+fused attention kernel ("sdpa") or MONAI's einsum path ("math"), in contiguous or channels-last
+memory layout (the coupled step in all eight combinations). Achieved
 FLOP/s (FLOPs of one forward+backward from torch.utils.flop_counter.FlopCounterMode) as a fraction
 of this machine's matmul peak, measured here with the same thread count (best of many
 single matmuls timed between the steps).
@@ -37,6 +39,7 @@ from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_scheduler  # noqa: E402
 from c2gr_core.losses import seg_loss  # noqa: E402
+from c2gr_core.models.attention import fix_attention  # noqa: E402
 from c2gr_core.prompting.prompts import encode_tasks  # noqa: E402
 from c2gr_core.prompting.text_encoders import get_text_encoder  # noqa: E402
 from data_catalog.catalog import entry_card, parse_entry  # noqa: E402
@@ -89,8 +92,13 @@ class Setup:
         self.pairs = 2 * B
         self.lr = cfg.train.lr
 
-    def coupled(self):
+    def _copy(self, attention: str, layout: str):
         model = copy.deepcopy(self.model).train()
+        fix_attention(model, attention)
+        return model.to(memory_format=torch.channels_last) if layout == "channels_last" else model
+
+    def coupled(self, attention: str = "sdpa", layout: str = "contiguous"):
+        model = self._copy(attention, layout)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
 
         def step(bf16: bool):
@@ -101,9 +109,9 @@ class Setup:
             opt.step()
         return step
 
-    def sequential(self):
+    def sequential(self, attention: str = "sdpa", layout: str = "contiguous"):
         """The same segmentor and denoiser, one after the other, prompts fixed (no coupling)."""
-        model = copy.deepcopy(self.model).train()
+        model = self._copy(attention, layout)
         with torch.no_grad():
             z_seg, z_gen = model.prompts(self.emb, 1)
         z_seg, z_gen = z_seg.detach(), z_gen.detach()
@@ -149,28 +157,36 @@ def main(argv=None) -> dict:
     if args.quick:
         cfg.train.batch_size = 2
     setup = Setup(cfg)
-    variants = {(name, bf16): getattr(setup, name)() for bf16 in (False, True) for name in ("coupled", "sequential")}
-    for (name, bf16), step in variants.items():  # warm-up (allocator, oneDNN kernels)
-        step(bf16)
+    # (step, precision, attention kernel, memory layout): the coupled step in every combination, the
+    # sequential baseline with the attention kernel each precision would use.
+    keys = [("coupled", p, a, lay) for p in ("fp32", "bf16") for a in ("sdpa", "math")
+            for lay in ("contiguous", "channels_last")]
+    keys += [("sequential", p, a, lay) for p in ("fp32", "bf16") for a in ("sdpa", "math")
+             for lay in ("contiguous", "channels_last")]
+    if args.quick:
+        keys = [k for k in keys if k[3] == "contiguous" and k[2] == "math"]
+    variants = {k: getattr(setup, k[0])(k[2], k[3]) for k in keys}
+    name_of = lambda k: "_".join(k)  # noqa: E731
+    for (name, prec, _, _), step in variants.items():  # warm-up (allocator, oneDNN kernels)
+        step(prec == "bf16")
     times = {key: [] for key in variants}
     peak = MatmulPeak(args.matmul_n)
     for _ in range(args.reps):
         for _ in range(3):
             peak.measure()
-        for (name, bf16), step in variants.items():
+        for key, step in variants.items():
             t0 = time.perf_counter()
-            step(bf16)
-            times[(name, bf16)].append(time.perf_counter() - t0)
+            step(key[1] == "bf16")
+            times[key].append(time.perf_counter() - t0)
     peaks = peak.flop_per_s()
     rows = {}
-    for (name, bf16), step in variants.items():
-        sec = min(times[(name, bf16)])
-        prec = "bf16" if bf16 else "fp32"
-        fl = flops_of(step, bf16)
-        rows[f"{name}_{prec}"] = {"sec_per_step": sec,
-                                  "sec_per_step_median": sorted(times[(name, bf16)])[args.reps // 2],
-                                  "img_per_s": setup.pairs / sec, "flops_per_step": fl, "flop_per_s": fl / sec,
-                                  "fraction_of_matmul_peak": fl / sec / peaks[prec]}
+    for key, step in variants.items():
+        sec, prec = min(times[key]), key[1]
+        fl = flops_of(step, prec == "bf16")
+        rows[name_of(key)] = {"step": key[0], "precision": prec, "attention": key[2], "layout": key[3],
+                              "sec_per_step": sec, "sec_per_step_median": sorted(times[key])[args.reps // 2],
+                              "img_per_s": setup.pairs / sec, "flops_per_step": fl, "flop_per_s": fl / sec,
+                              "fraction_of_matmul_peak": fl / sec / peaks[prec]}
     speed = lambda a, b: rows[a]["img_per_s"] / rows[b]["img_per_s"]  # noqa: E731
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -178,13 +194,19 @@ def main(argv=None) -> dict:
               "segmentor_params": sum(p.numel() for p in setup.model.segmentor.parameters()),
               "denoiser_params": sum(p.numel() for p in setup.model.denoiser.parameters()),
               "matmul_n": args.matmul_n, "matmul_peak_flop_per_s": peaks, "variants": rows,
-              "coupled_over_sequential_speed": {p: speed(f"coupled_{p}", f"sequential_{p}") for p in ("fp32", "bf16")},
-              "bf16_over_fp32_speed": {n: speed(f"{n}_bf16", f"{n}_fp32") for n in ("coupled", "sequential")}}
+              "coupled_over_sequential_speed": {f"{p}_{a}": speed(f"coupled_{p}_{a}_contiguous",
+                                                                  f"sequential_{p}_{a}_contiguous")
+                                                for p in ("fp32", "bf16") for a in ("sdpa", "math")
+                                                if f"sequential_{p}_{a}_contiguous" in rows},
+              "best": min(rows, key=lambda k: rows[k]["sec_per_step"] if rows[k]["step"] == "coupled" else 1e9),
+              "baseline": "coupled_fp32_sdpa_contiguous"}
+    if result["baseline"] in rows:
+        result["best_over_baseline_speed"] = speed(result["best"], result["baseline"])
     out = write_json(result, args.out)
     print(f"preset={args.preset} {cfg.data.image_size}^2 threads={result['threads']} pairs/step={setup.pairs} "
           f"matmul peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     for k, r in rows.items():
-        print(f"{k:16s} {r['sec_per_step']:.3f} s/step  {r['img_per_s']:7.1f} img/s  "
+        print(f"{k:38s} {r['sec_per_step']:.3f} s/step  {r['img_per_s']:7.1f} img/s  "
               f"{r['flop_per_s'] / 1e9:6.1f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f} % of peak")
     print(f"written: {out}")
     return result

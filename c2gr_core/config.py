@@ -98,7 +98,7 @@ class TrainConfig:
     gen_lr: float | None = None               # generator (denoiser) learning rate; None: same as lr
     gen_epochs: int | None = None             # generator epochs per round (>= epochs); None: same as epochs
     replay_per_task: int | None = None        # None: as many as the task's training set (sec. 4.2)
-    amp_bf16: bool = False
+    amp_bf16: bool | str = False             # true, false or "auto": measured per run (training/numerics.py)
     seed: int = 0
     device: str = "cpu"
 
@@ -188,7 +188,7 @@ def _cpu() -> ExperimentConfig:
                                 cross_attention_dim=128),
         diffusion=DiffusionConfig(sample_steps=25, ema_decay=0.995, **LAPTOP_RECIPE),
         prompt=PromptConfig(node_dim=128, q_dim=64, **LAPTOP_PROMPT),
-        train=TrainConfig(epochs=10, batch_size=16, lr=2e-4),
+        train=TrainConfig(epochs=10, batch_size=16, lr=2e-4, amp_bf16="auto"),
     )
 
 
@@ -212,7 +212,7 @@ def _paper() -> ExperimentConfig:
 
 def _bench() -> ExperimentConfig:
     # `make stream` (FineTune, JointTrain, C2GR on the 20-task synthetic stream in about 20 minutes on
-    # 2 cores) and benchmarks/method_table.py. fp32 (bf16 autocast measured no faster at this size).
+    # 2 cores) and benchmarks/method_table.py. amp_bf16 "auto": fp32, channels-last fp32 or bf16, whichever the run measures fastest.
     # Segmentor (8, 16, 32), 24 steps per round. Denoiser (16, 32, 32): at 300 steps its pairs reached
     # correspondence DSC 0.54 / 0.51 (fundus-a / mms-a) against 0.23 / 0.26 for (8, 16, 16) and
     # 0.47 / 0.44 for (24, 48, 48), at 1.6x and 3.3x the step time of (8, 16, 16); EMA 0.95 beat
@@ -232,7 +232,7 @@ def _bench() -> ExperimentConfig:
         diffusion=DiffusionConfig(sampler="ddim", sample_steps=25, ema_decay=0.95, replay_target="teacher",
                                   **LAPTOP_RECIPE),
         prompt=PromptConfig(**LAPTOP_PROMPT),
-        train=TrainConfig(epochs=8, gen_epochs=100, batch_size=16, lr=3e-3, replay_per_task=32),
+        train=TrainConfig(epochs=8, gen_epochs=100, batch_size=16, lr=3e-3, replay_per_task=32, amp_bf16="auto"),
     )
 
 
@@ -313,6 +313,8 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
         "prompt.relation_norm": one_of(RELATION_NORMS),
         "train.epochs": pos, "train.batch_size": pos, "train.lr": above0,
+        "train.amp_bf16": (lambda v: v in (True, False, "auto"),
+                            'true, false or "auto" (measured at the start of the run)'),
         "train.seg_lr": opt_above0, "train.gen_lr": opt_above0,
         "train.gen_epochs": (lambda v: v is None or v >= cfg.train.epochs,
                              f">= train.epochs ({cfg.train.epochs}), or null: same as train.epochs"),

@@ -83,8 +83,13 @@ def extend_pool(emb: TaskEmbeddings, upstream: Sequence[TaskCard], card: TaskCar
 
 
 def finetune(model: PromptedSegmentor, data: TaskData, cfg: ExperimentConfig, epochs: int, lr: float, seed: int,
-             tune_prompt: bool = True, callbacks=()) -> dict:
-    """Train `model` on data.train with L_seg for `epochs` epochs; returns the trainer history."""
+             tune_prompt: bool = True, callbacks=(), bf16: bool | None = None) -> dict:
+    """Train `model` on data.train with L_seg for `epochs` epochs; returns the trainer history.
+    bf16: autocast or not (default: cfg.train.amp_bf16, which must then be true or false)."""
+    if bf16 is None:
+        if cfg.train.amp_bf16 == "auto":
+            raise ValueError('finetune: train.amp_bf16 = "auto" is decided by a stream run; pass bf16=')
+        bf16 = bool(cfg.train.amp_bf16)
     dev = torch.device(cfg.train.device)
     model.to(dev).train()
     n = data.card.n_classes
@@ -101,7 +106,7 @@ def finetune(model: PromptedSegmentor, data: TaskData, cfg: ExperimentConfig, ep
         x, y = batch
         return {"loss": seg_loss(model(x.to(dev)), y.to(dev), n)}
 
-    trainer = Trainer(params, lr=lr, amp_bf16=cfg.train.amp_bf16, device=str(dev), callbacks=list(callbacks))
+    trainer = Trainer(params, lr=lr, amp_bf16=bf16, device=str(dev), callbacks=list(callbacks))
     return trainer.fit(step, batches, epochs, steps_per_epoch(len(split), bs))
 
 
@@ -153,6 +158,8 @@ def adapt(source: str | os.PathLike | Method, downstream: str | os.PathLike | Se
                          f"with at most {c_max} classes or train upstream on a stream with more classes")
     encoder = get_text_encoder(cfg.prompt)
     seed = cfg.train.seed
+    # "auto": the precision the upstream run measured and trained with, for both rows alike.
+    bf16 = method.ctx.numerics.bf16 if cfg.train.amp_bf16 == "auto" else bool(cfg.train.amp_bf16)
     up_cards = method.ctx.cards
     rows = {name: {"model": name, "source": s, "per_class": {}}
             for name, s in ([(SCRATCH, None)] if scratch else []) + [(label, src)]}
@@ -172,7 +179,7 @@ def adapt(source: str | os.PathLike | Method, downstream: str | os.PathLike | Se
         for name, model in models.items():
             torch.manual_seed(seed + k)   # the same data order and dropout draws for both rows
             cbs = [TqdmCallback(desc=f"{name} -> {card.name}")] if progress else []
-            finetune(model, data, cfg, epochs, lr, seed=seed + k, tune_prompt=tune_prompt, callbacks=cbs)
+            finetune(model, data, cfg, epochs, lr, seed=seed + k, tune_prompt=tune_prompt, callbacks=cbs, bf16=bf16)
             dsc = evaluate_path(model, data)
             rows[name][card.name] = task_dsc(torch.from_numpy(dsc), card.n_classes)
             rows[name]["per_class"][card.name] = {c: (None if np.isnan(v) else float(v))

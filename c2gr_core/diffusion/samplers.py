@@ -74,7 +74,7 @@ def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torc
 def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: int, image_size: int,
                   sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
                   generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
-                  eta: float = 0.0) -> torch.Tensor:
+                  eta: float = 0.0, bf16: bool = False) -> torch.Tensor:
     """n samples (n, channels, H, W) drawn from pure noise by the reverse process (sec. 3.1).
 
     The one reverse-chain loop of the workbench: joint pairs (`sample_pairs`) and GR's images use it.
@@ -83,6 +83,8 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
     `chunk_size` at a time; `progress` (True or a description) shows a bar over reverse steps, or
     is an open bar (anything with `update(n)`, e.g. a tqdm the caller owns and closes) that each
     reverse step advances by one: the replay inspector draws in several calls under one bar.
+    bf16: the denoiser runs under bf16 autocast (a run trained so, training/numerics.py); the chain
+    itself (x_t, the step arithmetic) stays fp32.
     """
     cfg = cfg or DiffusionConfig()
     sampler = cfg.sampler if sampler is None else sampler
@@ -119,7 +121,8 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
             xy = randn((b, channels, image_size, image_size), generator, device)
             # 2. the reverse chain on the sampler's timestep grid
             for t, t_prev in grid:
-                pred = denoiser(xy, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    pred = denoiser(xy, torch.full((b,), t, device=device, dtype=torch.long), zeta).float()
                 if sampler == "ddpm":
                     xy = ddpm_step(scheduler, pred, t, t_prev, xy, generator, cfg.prediction)
                 else:
@@ -137,7 +140,7 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
 def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, codec: MaskCodec,
                  sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
                  generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
-                 eta: float = 0.0, image_channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+                 eta: float = 0.0, image_channels: int = 3, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw n image–mask pairs with `reverse_chain`, prompted by zeta.
 
     Returns images (n, 3, H, W) clamped to [-1, 1] and labels (n, H, W) long in 0..n_labels-1.
@@ -146,5 +149,5 @@ def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: 
     if mask_channels != codec.channels:
         raise ValueError(f"sample_pairs: codec has {codec.channels} channels, denoiser expects {mask_channels}")
     xy = reverse_chain(denoiser, prompt, n, image_channels + codec.channels, image_size, sampler=sampler,
-                       steps=steps, cfg=cfg, generator=generator, progress=progress, chunk_size=chunk_size, eta=eta)
+                       steps=steps, cfg=cfg, generator=generator, progress=progress, chunk_size=chunk_size, eta=eta, bf16=bf16)
     return xy[:, :image_channels].clamp(-1.0, 1.0), codec.decode(xy[:, image_channels:])

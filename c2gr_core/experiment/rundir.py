@@ -5,6 +5,7 @@ reads through it.
     config.json       the resolved ExperimentConfig (written last at start: it marks a run)
     stream.json       entries, task names, method name
     environment.json  versions, CPU, threads, git commit, world size
+    numerics.json     fp32 / bf16 and memory layout the run trains with (train.amp_bf16; "auto": measured)
     matrix.csv        D[i, j]: DSC on task j after round i (empty above the diagonal)
     metrics.json      Overall / BWT / TL of the finished rounds, final row, complete flag
     per_class.json    per-class DSC of every evaluation
@@ -35,6 +36,8 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
+from ..training.numerics import Numerics
+from ..training.numerics import fixed as numerics_fixed
 from ..training.replay import is_scratch_file
 
 LOCK_NAME = ".c2gr.lock"
@@ -146,12 +149,28 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_start(out: Path, cfg: ExperimentConfig, stream_info: dict, environment: dict) -> None:
+def write_start(out: Path, cfg: ExperimentConfig, stream_info: dict, environment: dict, numerics: Numerics) -> None:
     """The files of a new run; config.json last: it marks the folder as a run `--resume` continues."""
     atomic_write(out / "stream.json", json.dumps(stream_info, indent=2))
     atomic_write(out / "environment.json", json.dumps(environment, indent=2))
+    atomic_write(out / "numerics.json", json.dumps(numerics.to_dict(), indent=2))
     atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
     (out / "checkpoints").mkdir(exist_ok=True)
+
+
+def read_numerics(out: Path, cfg: ExperimentConfig) -> Numerics:
+    """What the run in `out` trains with. Runs made before numerics.json existed trained as their
+    train.amp_bf16 says (then always true or false)."""
+    path = out / "numerics.json"
+    if not path.is_file():
+        if cfg.train.amp_bf16 == "auto":
+            raise FileNotFoundError(f"{path}: missing; the run's train.amp_bf16 is \"auto\", so its precision "
+                                    "was measured at its start and recorded there")
+        return numerics_fixed(bool(cfg.train.amp_bf16))
+    try:
+        return Numerics.from_dict(read_json(path))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a numerics record of this workbench ({e})") from e
 
 
 def write_samples(store, dst: Path) -> None:

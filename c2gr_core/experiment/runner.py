@@ -41,6 +41,7 @@ from ..methods.base import Method
 from ..metrics import summarize
 from ..training import distributed
 from ..training.access import TaskAccess
+from ..training.numerics import resolve as resolve_numerics
 from ..training.trainer import TqdmCallback
 from . import rundir
 # Re-exported: their home before the run directory got its own module.
@@ -134,7 +135,7 @@ def _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callb
             distributed.barrier()  # the folder is rank 0's before any rank writes its scratch into it
             m, D, per_class, timings = _prepare(run, start)
             if run.main and start == 0:
-                rundir.write_start(run.out, run.cfg, run.stream_info, environment_info())
+                rundir.write_start(run.out, run.cfg, run.stream_info, environment_info(), m.ctx.numerics)
         except BaseException:
             if owned and start == 0 and not resume:
                 held.close()
@@ -203,6 +204,7 @@ def _prepare(run: _Run, start: int):
     work = out / "work" if distributed.world_size() == 1 else out / "work" / f"rank{distributed.rank()}"
     ctx = make_context(cfg, run.cards, emb, work, distributed.local_device(cfg.train.device), run.progress)
     m: Method = run.method_cls(ctx)
+    _set_numerics(run, m, start)
     D = np.full((T, T), np.nan)
     per_class: dict = {}
     timings: list = []
@@ -214,6 +216,19 @@ def _prepare(run: _Run, start: int):
         per_class = {k: v for k, v in read_json(out / "per_class.json").items() if int(k) < start}
         timings = [r for r in read_json(out / "timings.json") if isinstance(r, dict) and r.get("round", T) < start]
     return m, D, per_class, timings
+
+
+def _set_numerics(run: _Run, m: Method, start: int) -> None:
+    """fp32 or bf16 and the memory layout (training/numerics.py): a resumed run takes what its start
+    recorded (bit-equal resume); a new one resolves train.amp_bf16, rank 0 measuring for all ranks."""
+    if start > 0:
+        numerics = rundir.read_numerics(run.out, run.cfg)
+    else:
+        numerics = (resolve_numerics(run.cfg.train.amp_bf16, m.probe_networks(), m.ctx.device)
+                    if run.main else None)
+        numerics = distributed.broadcast_object(numerics)
+    m.ctx.numerics = numerics
+    numerics.apply(m.modules().values())
 
 
 def _train_round(run: _Run, m: Method, t: int, access: TaskAccess, callbacks) -> dict:

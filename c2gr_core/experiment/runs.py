@@ -17,7 +17,7 @@ from data_catalog.taskdata import TaskData
 from ..config import ExperimentConfig
 from ..methods import get_method
 from ..methods.base import Method, StreamContext
-from .rundir import checkpoint_rounds, load_checkpoint, read_json, read_matrix, read_run, run_path
+from .rundir import checkpoint_rounds, load_checkpoint, read_json, read_matrix, read_numerics, read_run, run_path
 from .tasks import load_stream_task, make_context, resolve_entries, task_embeddings
 
 __all__ = ["checkpoint_rounds", "load_method", "load_run_task", "method_context", "read_json", "read_matrix",
@@ -78,6 +78,8 @@ def load_method(run_dir: str | os.PathLike, round: int | None = None, device: st
     cfg: ExperimentConfig = info["config"]
     ctx = method_context(cfg, run_cards(run), cache_dir=run / "cache", work_dir=work_dir, device=device)
     m: Method = get_method(info["method"])(ctx)
+    m.ctx.numerics = read_numerics(run, cfg)   # sampling runs as the run trained (bf16 or not)
+    m.ctx.numerics.apply(m.modules().values())
     load_checkpoint(ckpt, m, device=ctx.device)
     if work_dir is None:
         weakref.finalize(m, shutil.rmtree, str(ctx.work_dir), True)

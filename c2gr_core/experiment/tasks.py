@@ -20,6 +20,8 @@ from ..losses import dice_per_class
 from ..methods.base import StreamContext
 from ..prompting.prompts import TaskEmbeddings, encode_tasks
 from ..prompting.text_encoders import get_text_encoder
+from ..training.numerics import Numerics
+from ..training.numerics import fixed as fixed_numerics
 
 
 def resolve_entries(stream: str | os.PathLike | Sequence) -> list[StreamEntry]:
@@ -49,8 +51,10 @@ def make_context(cfg: ExperimentConfig, cards: Sequence[TaskCard], emb: TaskEmbe
     """The StreamContext a method is built with, by the runner and by every tool that rebuilds one.
     Without work_dir a temporary folder is made; the caller owns it."""
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="c2gr-method-"))
+    # train.amp_bf16 = "auto" stays fp32 until the runner has measured (training/numerics.py).
+    numerics = Numerics(setting="auto") if cfg.train.amp_bf16 == "auto" else fixed_numerics(cfg.train.amp_bf16)
     return StreamContext(cfg=cfg, cards=list(cards), emb=emb, work_dir=work,
-                         device=torch.device(device or cfg.train.device), progress=progress)
+                         device=torch.device(device or cfg.train.device), progress=progress, numerics=numerics)
 
 
 @torch.no_grad()

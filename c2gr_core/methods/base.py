@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ..prompting.prompts import TaskEmbeddings
 from ..prompting.rups import PlainPrompt
 from ..training import distributed
 from ..training.access import TaskAccess
+from ..training.numerics import Numerics
 from ..training.replay import ReplayStore
 from ..training.trainer import Trainer
 
@@ -46,6 +47,7 @@ class StreamContext:
     work_dir: Path             # scratch space of the run (replay shards)
     device: torch.device = torch.device("cpu")
     progress: bool = True      # show progress bars (replay sampling, training steps)
+    numerics: Numerics = field(default_factory=Numerics)  # fp32 / bf16 and layout (train.amp_bf16)
 
     @property
     def c_max(self) -> int:
@@ -113,6 +115,24 @@ class Method:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def probe_networks(self) -> list[tuple[nn.Module, tuple]]:
+        """The networks a training step runs (the EMA, which only samples, left out), each with random
+        inputs of the batch it sees in one training step: what `train.amp_bf16 = "auto"` times
+        (training/numerics.py)."""
+        cfg, seen, out = self.ctx.cfg, set(), []
+        for name, module in self.modules().items():
+            if name == "ema":
+                continue
+            for m in module.modules():
+                if hasattr(m, "example_inputs") and id(m) not in seen:  # the workbench's networks
+                    seen.add(id(m))
+                    out.append((m, m.example_inputs(self.probe_batch(m), cfg.data.image_size)))
+        return out
+
+    def probe_batch(self, network: nn.Module) -> int:
+        """Rows `network` sees per training step (default: one current and one replay batch)."""
+        return 2 * self.ctx.cfg.train.batch_size
 
     # --- optional capabilities (used by c2gr_core.analysis) --------------------------------
     def last_round(self) -> int:
@@ -243,7 +263,7 @@ class SegmentorMethod(Method):
 
     def trainer(self, params, callbacks=()) -> Trainer:
         tc = self.ctx.cfg.train
-        return Trainer(params, lr=tc.seg_lr or tc.lr, amp_bf16=tc.amp_bf16, device=str(self.ctx.device),
+        return Trainer(params, lr=tc.seg_lr or tc.lr, amp_bf16=self.ctx.numerics.bf16, device=str(self.ctx.device),
                        callbacks=list(callbacks))
 
     def fit(self, t: int, data: TaskAccess, replay: ReplayStore | None, callbacks=()) -> dict:

@@ -67,10 +67,14 @@ class C2GR(GenerativeReplay, Method):
         z_gen = self.generator_prompts(r)
         images, labels = sample_pairs(self.replay_denoiser, z_gen[task], n, cfg.data.image_size, self.model.codec,
                                       cfg=cfg.diffusion, sampler=sampler, steps=steps, generator=generator,
-                                      progress=progress)
+                                      progress=progress, bf16=self.ctx.numerics.bf16)
         # A generated label the task does not have cannot be trusted as any of its classes.
         labels[labels > self.ctx.cards[task].n_classes] = 0
         return images, labels
+
+    def probe_batch(self, network) -> int:
+        # BJD runs its three terms (eq. 3) as one batch through the denoiser.
+        return super().probe_batch(network) * (3 if network is self.model.denoiser and self.objective == "bjd" else 1)
 
     def last_round(self) -> int:
         return self.seen if self.seen >= 0 else len(self.ctx.cards) - 1
@@ -134,7 +138,7 @@ class C2GR(GenerativeReplay, Method):
             groups = self._param_groups(phase["train_segmentor"], phase["train_generator"])
             cbs = list(callbacks) + (self.generator_callbacks() if phase["train_generator"] else [])
             # A phase that trains one network only leaves the other's parameters without gradients.
-            trainer = Trainer(groups, lr=cfg.train.lr, amp_bf16=cfg.train.amp_bf16, device=str(self.ctx.device),
+            trainer = Trainer(groups, lr=cfg.train.lr, amp_bf16=self.ctx.numerics.bf16, device=str(self.ctx.device),
                               callbacks=cbs, find_unused_parameters=self.sequential)
             hist = trainer.fit(step, batches, epochs, steps_per_epoch(len(split), cfg.train.batch_size))
             for k, v in hist.items():

@@ -72,7 +72,7 @@ class GR(GenerativeReplay, SegmentorMethod):
         cfg = self.ctx.cfg
         z_gen = self.generator_prompts(t - 1)
         images = reverse_chain(self.replay_denoiser, z_gen[j], n, 3, cfg.data.image_size, cfg=cfg.diffusion,
-                               generator=generator,
+                               generator=generator, bf16=self.ctx.numerics.bf16,
                                progress=f"GR replay task {j + 1}/{t}" if self.ctx.progress else False)
         # The store keeps float16: label exactly the images that will be replayed.
         images = images.clamp(-1.0, 1.0).half().float()
@@ -125,7 +125,7 @@ class GR(GenerativeReplay, SegmentorMethod):
         for i, (step, mods, lr, epochs, extra_cbs) in enumerate(phases):
             rng = np.random.default_rng(self.ctx.round_seed(t, salt=1 + i))
             params = [p for m in mods for p in m.parameters()]
-            trainer = Trainer(params, lr=lr, amp_bf16=tc.amp_bf16, device=str(d),
+            trainer = Trainer(params, lr=lr, amp_bf16=self.ctx.numerics.bf16, device=str(d),
                               callbacks=list(callbacks) + extra_cbs)
             history.update(trainer.fit(step, batches(rng), epochs, n_steps))
         return history

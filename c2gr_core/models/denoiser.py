@@ -12,9 +12,10 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from ..config import DenoiserConfig
+from .attention import AttentionByDevice
 
 
-class Denoiser(nn.Module):
+class Denoiser(AttentionByDevice, nn.Module):
     """eps_theta([x, y], k; zeta) -> predicted [eps_x, eps_y] of shape (B, 3 + M, H, W).
 
     Args:
@@ -23,12 +24,14 @@ class Denoiser(nn.Module):
         mask_channels: M, channels of the continuous mask code y (C_max + 1 for one-hot incl. background).
         prompt_dim: P, the dimension of the task prompt zeta.
         n_tokens: context tokens the prompt is mapped to.
-        fast_attention: use torch's scaled_dot_product_attention inside MONAI's attention blocks.
+        fast_attention: True: torch's scaled_dot_product_attention inside MONAI's attention blocks;
+            False: MONAI's einsum path; None: chosen by the input's device (models/attention.py).
     """
 
     def __init__(self, cfg: DenoiserConfig, image_channels: int = 3, mask_channels: int = 2,
-                 prompt_dim: int = 32, n_tokens: int = 4, fast_attention: bool = True) -> None:
+                 prompt_dim: int = 32, n_tokens: int = 4, fast_attention: bool | None = None) -> None:
         super().__init__()
+        self.attention = None if fast_attention is None else ("sdpa" if fast_attention else "math")
         for name, v in (("image_channels", image_channels), ("mask_channels", mask_channels),
                         ("prompt_dim", prompt_dim), ("n_tokens", n_tokens)):
             if int(v) < 1:
@@ -50,7 +53,7 @@ class Denoiser(nn.Module):
             channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
             num_res_blocks=cfg.num_res_blocks, num_head_channels=cfg.num_head_channels,
             norm_num_groups=cfg.norm_groups, with_conditioning=True,
-            cross_attention_dim=cfg.cross_attention_dim, use_flash_attention=fast_attention,
+            cross_attention_dim=cfg.cross_attention_dim, use_flash_attention=bool(fast_attention),
         )
         # Eq. (6) attends from image features to the prompt. With a single context token the
         # softmax over keys is identically 1, so the "attention" would collapse to adding V*zeta
@@ -76,7 +79,17 @@ class Denoiser(nn.Module):
         if xy.shape[-1] % f or xy.shape[-2] % f:
             raise ValueError(f"Denoiser: image size {tuple(xy.shape[-2:])} must be divisible by {f} "
                              f"({len(self.unet.block_out_channels)} UNet levels)")
+        self._select_attention(xy)
         return self.unet(xy, timesteps, context=self.context(prompt))
+
+    def example_inputs(self, batch: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random (xy, timesteps, prompt) of one batch on the network's device (speed probes)."""
+        g = torch.Generator().manual_seed(0)
+        dev = next(self.parameters()).device
+        c = self.image_channels + self.mask_channels
+        return (torch.randn(batch, c, image_size, image_size, generator=g).to(dev),
+                torch.randint(0, 1000, (batch,), generator=g).to(dev),
+                torch.randn(batch, self.prompt_dim, generator=g).to(dev))
 
 
 def count_parameters(module: nn.Module) -> int:

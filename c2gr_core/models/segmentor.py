@@ -20,6 +20,7 @@ from monai.networks.blocks import Convolution, CrossAttentionBlock, ResidualUnit
 from torch import nn
 
 from ..config import SegmentorConfig
+from .attention import AttentionByDevice
 
 
 class PromptCrossAttention(nn.Module):
@@ -55,7 +56,7 @@ class PromptCrossAttention(nn.Module):
         return h + out.transpose(1, 2).reshape(b, c, hh, ww)
 
 
-class PromptedUNet(nn.Module):
+class PromptedUNet(AttentionByDevice, nn.Module):
     """f_theta(x; zeta) -> logits (B, out_channels, H, W), prompt-modulated at every level.
 
     Level i (0..L-1, L = len(cfg.channels)) works at resolution H / 2^i with cfg.channels[i]
@@ -70,12 +71,14 @@ class PromptedUNet(nn.Module):
         out_channels: C_max + 1 (background + the largest class count in the stream).
         prompt_dim: P, the dimension of the task prompt zeta.
         n_tokens: cross-attention tokens the prompt is mapped to.
-        fast_attention: torch's scaled_dot_product_attention inside the attention blocks.
+        fast_attention: True: torch's scaled_dot_product_attention inside the attention blocks;
+            False: MONAI's einsum path; None: chosen by the input's device (models/attention.py).
     """
 
     def __init__(self, cfg: SegmentorConfig, in_channels: int = 3, out_channels: int = 4,
-                 prompt_dim: int = 32, n_tokens: int = 4, fast_attention: bool = True) -> None:
+                 prompt_dim: int = 32, n_tokens: int = 4, fast_attention: bool | None = None) -> None:
         super().__init__()
+        self.attention = None if fast_attention is None else ("sdpa" if fast_attention else "math")
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
                         ("prompt_dim", prompt_dim), ("n_tokens", n_tokens)):
             if int(v) < 1:
@@ -105,7 +108,7 @@ class PromptedUNet(nn.Module):
                                 kernel_size=3, subunits=2, act="PRELU", norm=norm)
 
         def attn(c: int) -> PromptCrossAttention:
-            return PromptCrossAttention(c, cfg.cross_attention_dim, cfg.num_head_channels, fast_attention)
+            return PromptCrossAttention(c, cfg.cross_attention_dim, cfg.num_head_channels, bool(fast_attention))
 
         # Encoder levels 0..L-2, then the bottleneck (level L-1).
         self.encoder = nn.ModuleList()
@@ -151,6 +154,7 @@ class PromptedUNet(nn.Module):
                              f"{self.size_divisor} ({len(self.channels)} UNet levels)")
         if prompt.shape[0] != x.shape[0]:
             raise ValueError(f"PromptedUNet: batch sizes differ: image {x.shape[0]}, prompt {tuple(prompt.shape)}")
+        self._select_attention(x)
 
     def _encode(self, x: torch.Tensor, ctx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         skips = []
@@ -168,6 +172,13 @@ class PromptedUNet(nn.Module):
         for up, block, att, skip in zip(self.upsample, self.decoder, self.decoder_attn, reversed(skips)):
             h = att(block(torch.cat([up(h), skip], dim=1)), ctx)
         return self.head(h)
+
+    def example_inputs(self, batch: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random (image, prompt) of one batch on the network's device (speed probes)."""
+        g = torch.Generator().manual_seed(0)
+        dev = next(self.parameters()).device
+        return (torch.rand(batch, self.in_channels, image_size, image_size, generator=g).to(dev) * 2 - 1,
+                torch.randn(batch, self.prompt_dim, generator=g).to(dev))
 
     def features(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """Prompt-modulated bottleneck features, global-average-pooled: (B, channels[-1]) (t-SNE, Fig. 8)."""

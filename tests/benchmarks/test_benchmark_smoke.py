@@ -78,10 +78,24 @@ def test_training_cost_quick(tmp_path):
     r = script("training_cost").main(["--quick", "--out", str(tmp_path / "tc.json")])
     for v in r["variants"].values():
         assert v["img_per_s"] > 0 and v["flops_per_step"] > 0 and 0 < v["fraction_of_matmul_peak"] < 1
+    # the same arithmetic whichever precision runs it
+    for step in ("coupled", "sequential"):
+        assert len({v["flops_per_step"] for v in r["variants"].values() if v["step"] == step}) == 1
     # The coupled step does the sequential loop's work in one optimiser step: same FLOPs within 10 %
     # (the prompt graph's forward and backward is the difference).
     fl = r["variants"]
-    assert math.isclose(fl["coupled_fp32"]["flops_per_step"], fl["sequential_fp32"]["flops_per_step"], rel_tol=0.1)
+    assert math.isclose(fl["coupled_fp32_math_contiguous"]["flops_per_step"],
+                        fl["sequential_fp32_math_contiguous"]["flops_per_step"], rel_tol=0.1)
+
+
+def test_profile_step_quick(tmp_path):
+    r = script("profile_step").main(["--quick", "--out", str(tmp_path / "p.json")])
+    assert set(r["calls"]) == {"coupled_step", "generator_step", "replay_sampling"}
+    assert r["after_setup"] in ("fp32", "fp32_channels_last", "bf16")
+    for call in r["calls"].values():
+        for case in ("before", "after"):
+            shares = [g["share"] for g in call[case]["groups"].values()]
+            assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
 
 
 def test_memory_quick(tmp_path):

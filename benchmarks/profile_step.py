@@ -1,0 +1,167 @@
+"""Where the time of a C2GR round goes: torch.profiler by op for one coupled step (eq. 9: segmentor +
+denoiser + prompt graph), one generator-only step (the rest of a round: the denoiser alone, replay
+batch distilled from the frozen teacher as the bench preset does) and one replay-sampling call
+(DDIM over `replay_per_task` pairs of one task), each before and after the speed changes of this
+workbench (attention kernel by device, numerics chosen per run).
+
+    python benchmarks/profile_step.py                  # bench preset, 2 threads
+    python benchmarks/profile_step.py --preset cpu     # 64^2 networks of the cpu preset
+
+"before" = torch's fused attention kernel, fp32, contiguous (what every run did until this change);
+"after" = the setup a run of the preset chooses on this machine (`training/numerics.py`, measured
+here the same way) with the attention kernel of the device. Ops are grouped (convolution, attention,
+matmul, normalisation, elementwise, other) by their self CPU time. Writes
+benchmarks/results/profile/<preset>.json (or --out): per call the wall time (min of --reps) and
+the top ops with their share, before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_json  # noqa: E402
+from benchmarks.training_cost import Setup  # noqa: E402
+from c2gr_core.config import preset  # noqa: E402
+from c2gr_core.diffusion import sample_pairs  # noqa: E402
+from c2gr_core.methods.coupled import coupled_loss  # noqa: E402
+from c2gr_core.models.attention import fix_attention  # noqa: E402
+from c2gr_core.training import numerics  # noqa: E402
+
+GROUPS = [("convolution", ("conv",)), ("attention", ("attention", "softmax", "bmm", "baddbmm", "einsum")),
+          ("matmul", ("mm", "addmm", "linear")), ("normalisation", ("group_norm", "layer_norm")),
+          ("elementwise", ("silu", "gelu", "add", "mul", "sub", "div", "copy", "cat", "clone", "pow",
+                           "sqrt", "fill", "zero", "neg", "clamp", "to_copy", "sum", "mean"))]
+
+
+def group_of(op: str) -> str:
+    name = op.lower()
+    for group, keys in GROUPS:
+        if any(k in name for k in keys):
+            return group
+    return "other"
+
+
+class Case:
+    """One configuration of the networks ("before" or "after") and the three profiled calls."""
+
+    def __init__(self, setup: Setup, cfg, attention: str, layout: str, bf16: bool):
+        self.cfg, self.setup, self.bf16 = cfg, setup, bf16
+        fmt = torch.channels_last if layout == "fp32_channels_last" else torch.contiguous_format
+        self.model = fix_attention(copy.deepcopy(setup.model), attention).train().to(memory_format=fmt)
+        with torch.no_grad():
+            self.z = self.model.prompts(setup.emb, 1)[1].detach()
+        self.teacher = (copy.deepcopy(self.model.denoiser).eval().requires_grad_(False), self.z)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def _train(self, segmentor: bool) -> None:
+        s = self.setup
+        with self._autocast():
+            out = coupled_loss(self.model, s.emb, 1, s.cur, s.rep, s.sched, s.n_classes, train_segmentor=segmentor,
+                               train_prompt=segmentor, teacher=self.teacher)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), 1.0)
+        self.opt.step()
+
+    def coupled_step(self) -> None:
+        self._train(segmentor=True)
+
+    def generator_step(self) -> None:
+        self._train(segmentor=False)
+
+    def replay_sampling(self) -> None:
+        cfg = self.cfg
+        sample_pairs(self.teacher[0], self.z[0], cfg.train.replay_per_task or cfg.data.n_train, cfg.data.image_size,
+                     self.model.codec, cfg=cfg.diffusion, generator=torch.Generator().manual_seed(0), bf16=self.bf16)
+
+
+def by_op(fn, top: int) -> dict:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    groups: dict[str, float] = {}
+    for e in events:
+        g = group_of(e.key)
+        groups[g] = groups.get(g, 0.0) + e.self_cpu_time_total
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return {"self_cpu_s": total / 1e6,
+            "groups": {g: {"s": v / 1e6, "share": v / total} for g, v in sorted(groups.items(), key=lambda x: -x[1])},
+            "top_ops": [{"op": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6,
+                         "share": e.self_cpu_time_total / total} for e in events[:top]]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5, help="timed calls per case and call (interleaved; min reported)")
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, small batch, 1 rep")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.preset, args.reps = "tiny", 1
+    torch.set_num_threads(args.threads)
+    cfg = preset(args.preset)
+    if args.quick:
+        cfg.train.batch_size, cfg.train.replay_per_task, cfg.diffusion.sample_steps = 2, 2, 2
+    setup = Setup(cfg)
+    B = cfg.train.batch_size   # what a run probes (Method.probe_batch): current + replay, BJD's three terms
+    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
+            (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
+    probe_s = numerics.probe(nets, torch.device("cpu"))
+    chosen = numerics.choose(probe_s)
+    cases = {"before": Case(setup, cfg, "sdpa", "fp32", False),
+             "after": Case(setup, cfg, "math", chosen, chosen == "bf16")}
+    calls = ("coupled_step", "generator_step", "replay_sampling")
+    for case in cases.values():  # warm-up (allocator, oneDNN kernels)
+        for c in calls:
+            getattr(case, c)()
+    times = {(k, c): [] for k in cases for c in calls}
+    for _ in range(args.reps):
+        for c in calls:
+            for k, case in cases.items():
+                t0 = time.perf_counter()
+                getattr(case, c)()
+                times[(k, c)].append(time.perf_counter() - t0)
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "preset": args.preset, "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size,
+              "replay_pairs_sampled": cfg.train.replay_per_task or cfg.data.n_train,
+              "sampler": f"{cfg.diffusion.sampler}-{cfg.diffusion.sample_steps}",
+              "numerics_probe_s": probe_s, "after_setup": chosen, "calls": {}}
+    for c in calls:
+        entry = {}
+        for k, case in cases.items():
+            entry[k] = {"sec_min": min(times[(k, c)]), "sec_median": sorted(times[(k, c)])[args.reps // 2],
+                        **by_op(getattr(case, c), args.top)}
+        entry["speedup"] = entry["before"]["sec_min"] / entry["after"]["sec_min"]
+        result["calls"][c] = entry
+    out = write_json(result, args.out or RESULTS / "profile" / f"{args.preset}.json")
+    print(f"preset={args.preset} threads={result['threads']} after = {chosen} + attention by device; probe {probe_s}")
+    for c, e in result["calls"].items():
+        print(f"{c:16s} before {e['before']['sec_min']:.3f} s  after {e['after']['sec_min']:.3f} s  "
+              f"speedup {e['speedup']:.2f}x")
+        for k in cases:
+            print(f"    {k:6s} " + ", ".join(f"{g} {100 * v['share']:.0f}%" for g, v in e[k]["groups"].items()))
+    print(f"written: {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

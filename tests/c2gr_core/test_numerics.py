@@ -1,0 +1,149 @@
+"""Numerics chosen per run (train.amp_bf16 = "auto") and the attention kernel chosen per device."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from c2gr_core.config import DenoiserConfig, SegmentorConfig, validate
+from c2gr_core.experiment.runner import run_stream
+from c2gr_core.models.attention import set_attention
+from c2gr_core.models.denoiser import Denoiser
+from c2gr_core.models.segmentor import PromptedUNet
+from c2gr_core.training import numerics
+from tiny_runs import small_cfg
+
+STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]
+
+
+# ------------------------------------------------------------------ choosing a setup
+@pytest.mark.parametrize("times, chosen", [
+    # base / t for each: cl 1.05 (< 1.10), bf16 1.18 (< 1.25): nothing clearly faster
+    ({"fp32": 1.0, "fp32_channels_last": 0.95, "bf16": 0.85}, "fp32"),
+    # cl 1.25 (>= 1.10), bf16 1.18 (< 1.25)
+    ({"fp32": 1.0, "fp32_channels_last": 0.80, "bf16": 0.85}, "fp32_channels_last"),
+    # cl 1.25 and bf16 2.0 both qualify: the faster
+    ({"fp32": 1.0, "fp32_channels_last": 0.80, "bf16": 0.50}, "bf16"),
+    # bf16 exactly at its margin: 1 / 0.8 = 1.25
+    ({"fp32": 1.0, "fp32_channels_last": 2.0, "bf16": 0.80}, "bf16"),
+])
+def test_choose_prefers_plain_fp32_unless_clearly_beaten(times, chosen):
+    assert numerics.choose(times) == chosen
+
+
+def test_probe_times_every_setup_and_leaves_weights_grads_and_rng_alone():
+    net = Denoiser(DenoiserConfig(), mask_channels=3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = torch.get_rng_state()
+    t = numerics.probe([(net, net.example_inputs(2, 16))], torch.device("cpu"), reps=1)
+    assert set(t) == set(numerics.SETUPS) and all(v > 0 for v in t.values())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_fixed_settings_are_not_measured(monkeypatch):
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: pytest.fail("amp_bf16 true/false must not be measured"))
+    assert numerics.resolve(True, [], torch.device("cpu")).setup == "bf16"
+    assert numerics.resolve(False, [], torch.device("cpu")).setup == "fp32"
+
+
+def test_amp_bf16_takes_true_false_or_auto_only():
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "yes"
+    with pytest.raises(ValueError, match="train.amp_bf16"):
+        validate(cfg)
+
+
+# ------------------------------------------------------------------ a run with "auto"
+def _autocast_seen(monkeypatch) -> list[bool]:
+    """Records, for every denoiser forward during training, whether bf16 autocast was on."""
+    seen = []
+    original = Denoiser.forward
+
+    def forward(self, xy, timesteps, prompt):
+        if torch.is_grad_enabled():
+            seen.append(torch.is_autocast_enabled("cpu"))
+        return original(self, xy, timesteps, prompt)
+
+    monkeypatch.setattr(Denoiser, "forward", forward)
+    return seen
+
+
+def test_auto_run_trains_with_the_measured_setup_and_records_it(tmp_path, monkeypatch):
+    fake = {"fp32": 1.0, "fp32_channels_last": 0.9, "bf16": 0.5}   # bf16 clearly faster
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: dict(fake))
+    seen = _autocast_seen(monkeypatch)
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    run_stream(STREAM[:1], "c2gr", cfg, tmp_path / "run", progress=False)
+    rec = json.loads((tmp_path / "run" / "numerics.json").read_text())
+    assert rec == {"setup": "bf16", "setting": "auto", "probe_s": fake}
+    assert seen and all(seen)
+
+
+def test_auto_run_resumes_with_the_recorded_setup_bit_equal(tmp_path, monkeypatch):
+    """The resumed rounds must not re-measure (a noisy machine could choose otherwise); the matrix of
+    an interrupted and resumed run equals the uninterrupted one exactly (same machine, same setup)."""
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 0.8, "bf16": 0.9})
+    full = run_stream(STREAM, "c2gr", cfg, tmp_path / "full", progress=False).matrix
+    run_stream(STREAM, "c2gr", cfg, tmp_path / "cut", progress=False, max_rounds=1)
+    assert json.loads((tmp_path / "cut" / "numerics.json").read_text())["setup"] == "fp32_channels_last"
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: pytest.fail("a resumed run must not re-measure"))
+    resumed = run_stream(STREAM, "c2gr", cfg, tmp_path / "cut", progress=False, resume=True).matrix
+    np.testing.assert_array_equal(np.nan_to_num(resumed, nan=-1), np.nan_to_num(full, nan=-1))
+
+
+def test_channels_last_setup_puts_conv_weights_in_channels_last(tmp_path, monkeypatch):
+    from c2gr_core.experiment.runs import load_method
+
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 0.5, "bf16": 0.9})
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    run_stream(STREAM[:1], "c2gr", cfg, tmp_path / "run", progress=False)
+    m = load_method(tmp_path / "run")
+    assert m.ctx.numerics.setup == "fp32_channels_last"
+    convs = [mod.weight for mod in m.model.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_auto_run_without_its_record_is_refused_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 1.0, "bf16": 1.0})
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    run_stream(STREAM, "finetune", cfg, tmp_path / "cut", progress=False, max_rounds=1)
+    (tmp_path / "cut" / "numerics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="numerics.json"):
+        run_stream(STREAM, "finetune", cfg, tmp_path / "cut", progress=False, resume=True)
+
+
+# ------------------------------------------------------------------ attention kernel by device
+def _attention_flags(net) -> set[bool]:
+    return {m.use_flash_attention for m in net.modules() if hasattr(m, "use_flash_attention")}
+
+
+def test_networks_use_the_math_kernel_on_cpu_unless_told_otherwise():
+    den = Denoiser(DenoiserConfig(), mask_channels=3)
+    seg = PromptedUNet(SegmentorConfig(), out_channels=3)
+    den(*den.example_inputs(2, 16))
+    seg(*seg.example_inputs(2, 16))
+    assert _attention_flags(den) == {False} and _attention_flags(seg) == {False}
+    fixed = Denoiser(DenoiserConfig(), mask_channels=3, fast_attention=True)
+    fixed(*fixed.example_inputs(2, 16))
+    assert _attention_flags(fixed) == {True}
+
+
+@pytest.mark.parametrize("make", [lambda: Denoiser(DenoiserConfig(), mask_channels=3),
+                                  lambda: PromptedUNet(SegmentorConfig(), out_channels=3)])
+def test_both_attention_kernels_compute_the_same_network(make):
+    torch.manual_seed(0)
+    net = make().double()
+    inputs = [t.double() if t.is_floating_point() else t for t in net.example_inputs(2, 16)]
+    net.attention = "sdpa"
+    a = net(*inputs)
+    net.attention = "math"
+    b = net(*inputs)
+    assert _attention_flags(net) == {False}
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)   # float64: only summation order differs
