@@ -32,10 +32,11 @@ def snr_weights(scheduler, k: torch.Tensor, prediction: str, weighting: str, gam
     return (clipped / snr if prediction == "eps" else clipped / (snr + 1)).float()
 
 
-def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of w_i times sample i's mean squared error; with w = 1 the plain MSE."""
-    per_sample = (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)
-    return (w.to(per_sample.device) * per_sample).mean()
+def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """Mean over samples of w_i times sample i's mean squared error; with w = 1 the plain MSE.
+    reduce=False: the (B,) terms w_i * mse_i before the mean."""
+    per_sample = w.to(pred.device) * (pred.float() - tgt.float()).pow(2).flatten(1).mean(1)
+    return per_sample.mean() if reduce else per_sample
 
 
 
@@ -56,7 +57,27 @@ class Teacher:
     the generator is asked to keep the function that produced the replay, not to re-learn the
     replay's pixels, whose errors would otherwise be learnt again every round."""
     denoiser: nn.Module
-    prompt: torch.Tensor   # (B, P): the teacher's prompt for each pair
+    prompt: torch.Tensor   # (R, P): the teacher's prompt for each pair it teaches
+    rows: torch.Tensor | None = None   # (B,) bool: the pairs it teaches (R of them); None: all
+
+
+def _with_teacher(targets: list[torch.Tensor], teacher: Teacher, inputs: list[torch.Tensor],
+                  k: torch.Tensor) -> list[torch.Tensor]:
+    """`targets` (one per denoiser input) with the teacher's outputs on the rows it teaches."""
+    rows = teacher.rows
+    if rows is None:
+        return list(_teacher_out(teacher, torch.cat(inputs, 0), k.repeat(len(inputs)),
+                                 repeat=len(inputs)).chunk(len(inputs), dim=0))
+    if not rows.any():
+        return targets
+    taught = _teacher_out(teacher, torch.cat([x[rows] for x in inputs], 0), k[rows].repeat(len(inputs)),
+                          repeat=len(inputs)).chunk(len(inputs), dim=0)
+    out = []
+    for tgt, t in zip(targets, taught):
+        tgt = tgt.float().clone()
+        tgt[rows] = t
+        out.append(tgt)
+    return out
 
 
 def _teacher_out(teacher: Teacher, inputs: torch.Tensor, k: torch.Tensor, repeat: int = 1) -> torch.Tensor:
@@ -97,12 +118,14 @@ def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> tor
 
 def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              generator: torch.Generator | None = None, draws: NoiseDraws | None = None,
-             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None) -> JointLoss:
+             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None, reduce: bool = True) -> JointLoss:
     """Naive joint diffusion, eq. (1): || [eps_x, eps_y] - eps_theta([x_k, y_k], k) ||^2.
 
     The squared norm is the mean squared error over all elements (batch, channels, pixels). With
     cfg.prediction = "v" the target is [v_x, v_y]; cfg.loss_weighting weights each sample's error
     by its timestep (`snr_weights`). cfg defaults to DiffusionConfig() (eps, uniform: eq. 1 as written).
+    reduce=False: `total` is the (B,) per-sample loss whose mean is the loss (batches of several
+    parts in one forward, methods/coupled.py).
     """
     cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
@@ -112,16 +135,16 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     a = _abar(scheduler, d.k, x0)
     tgt = torch.cat([target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)], 1)
     if teacher is not None:
-        tgt = _teacher_out(teacher, torch.cat([xk, yk], 1), d.k)
+        (tgt,) = _with_teacher([tgt], teacher, [torch.cat([xk, yk], 1)], d.k)
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
-    loss = _weighted_mse(pred, tgt, w)
-    return JointLoss(loss, {"joint": loss.detach()})
+    loss = _weighted_mse(pred, tgt, w, reduce)
+    return JointLoss(loss, {"joint": loss.detach().mean()})
 
 
 def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              batched: bool = True, generator: torch.Generator | None = None,
              draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None,
-             teacher: Teacher | None = None) -> JointLoss:
+             teacher: Teacher | None = None, reduce: bool = True) -> JointLoss:
     """Bayesian joint diffusion, eq. (3): the joint term of eq. (1) plus two conditional terms
 
         || [eps_x, 0] - eps_theta([x_k, y_0], k) ||^2    image denoised with the clean mask as reference
@@ -138,6 +161,7 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
     The per-sample weights of cfg.loss_weighting apply to all three terms alike. With a `teacher`
     the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
+    reduce=False: `total` is the (B,) per-sample sum of the three terms (see `njd_loss`).
     """
     cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
@@ -150,16 +174,16 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     cy = target(cfg.prediction, y0, torch.zeros_like(d.eps_y), a)   # clean mask: no noise on this half
     targets = [torch.cat([tx, ty], 1), torch.cat([tx, cy], 1), torch.cat([cx, ty], 1)]
     if teacher is not None:
-        targets = list(_teacher_out(teacher, torch.cat(inputs, 0), d.k.repeat(3), repeat=3).chunk(3, dim=0))
+        targets = _with_teacher(targets, teacher, inputs, d.k)
     if batched:
         preds = denoiser(torch.cat(inputs, 0), d.k.repeat(3), prompt.repeat(3, 1)).chunk(3, dim=0)
     else:
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     names = ("joint", "image_given_mask", "mask_given_image")
-    terms = {n: _weighted_mse(p, t, w) for n, p, t in zip(names, preds, targets)}
+    terms = {n: _weighted_mse(p, t, w, reduce) for n, p, t in zip(names, preds, targets)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
-    return JointLoss(total, {n: v.detach() for n, v in terms.items()})
+    return JointLoss(total, {n: v.detach().mean() for n, v in terms.items()})
 
 
 def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler,
@@ -180,12 +204,13 @@ def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, sche
 
 
 def joint_loss(cfg: DiffusionConfig, denoiser, x0, y0, prompt, scheduler, generator=None,
-               teacher: Teacher | None = None) -> JointLoss:
+               teacher: Teacher | None = None, draws: NoiseDraws | None = None, reduce: bool = True) -> JointLoss:
     """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1), under cfg's recipe."""
     if cfg.objective == "bjd":
         return bjd_loss(denoiser, x0, y0, prompt, scheduler, batched=True, generator=generator, cfg=cfg,
-                        teacher=teacher)
+                        teacher=teacher, draws=draws, reduce=reduce)
     if cfg.objective == "njd":
-        return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator, cfg=cfg, teacher=teacher)
+        return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator, cfg=cfg, teacher=teacher,
+                        draws=draws, reduce=reduce)
     raise ValueError(f"DiffusionConfig.objective: unknown {cfg.objective!r}; allowed: ['bjd', 'njd']")
 

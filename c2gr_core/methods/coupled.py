@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig
-from ..diffusion import Teacher, joint_loss, make_codec
+from ..diffusion import NoiseDraws, Teacher, draw_noise, joint_loss, make_codec
 from ..losses import seg_loss
 from ..models.denoiser import Denoiser
 from ..models.segmentor import PromptedUNet
@@ -72,9 +72,20 @@ class C2GRModel(nn.Module):
         own = [] if self.rups else list(self.gen_prompt.parameters())
         return list(self.denoiser.parameters()) + own
 
-    def diffusion_loss(self, x, y_labels, prompt, scheduler, teacher: Teacher | None = None):
-        return joint_loss(self.diffusion_cfg, self.denoiser, x, self.codec.encode(y_labels), prompt, scheduler,
-                          teacher=teacher).total
+    def diffusion_loss(self, x, y_labels, prompt, scheduler, teacher: Teacher | None = None,
+                       parts: tuple[int, ...] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The generator's loss on (x, y). With `parts` (row counts summing to len(x)) the rows are
+        batches of their own, run through the denoiser in one forward: one loss per part, each
+        with its own noise drawn in part order (the draws separate forwards would make)."""
+        y0 = self.codec.encode(y_labels)
+        if parts is None:
+            return joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher).total
+        k = self.diffusion_cfg.num_train_timesteps
+        draws = [draw_noise(xp, yp, k) for xp, yp in zip(x.split(parts), y0.split(parts))]
+        draws = NoiseDraws(*(torch.cat([getattr(d, f) for d in draws]) for f in ("k", "eps_x", "eps_y")))
+        per_sample = joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher,
+                                draws=draws, reduce=False).total
+        return [p.mean() for p in per_sample.split(parts)]
 
 
 def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,
@@ -90,21 +101,33 @@ def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBat
 
     The replay batch is stratified over past tasks (ReplayStore.sample), so its mean loss is an
     unbiased estimate of the 1/(t-1) sum over replay sets in eq. 7-8.
+
+    Both batches go through each network in one forward (current rows first) and are scored as the
+    separate batches of eq. 7-8: the same losses as one forward per batch (GroupNorm and attention
+    act per pair; the noise is drawn batch by batch in the same order), fewer and larger kernels
+    (BENCHMARKS.md, "Training cost").
     """
     dev = next(model.parameters()).device
     with contextlib.nullcontext() if train_prompt else torch.no_grad():
         z_seg, z_gen = model.prompts(emb, t)
     n_classes = n_classes.to(dev)
+    parts = [(name, b) for name, b in (("cur", current), ("rep", replay)) if b is not None]
+    sizes = tuple(len(b.images) for _, b in parts)
+    x = torch.cat([b.images for _, b in parts]).to(dev)
+    y = torch.cat([b.masks for _, b in parts]).to(dev)
+    k = torch.cat([b.tasks for _, b in parts]).to(dev)
     out: dict[str, torch.Tensor] = {}
-    for name, b in (("cur", current), ("rep", replay)):
-        if b is None:
-            continue
-        x, y, k = b.images.to(dev), b.masks.to(dev), b.tasks.to(dev)
-        if train_segmentor:
-            out[f"seg_{name}"] = seg_loss(model.segmentor(x, z_seg[k]), y, n_classes[k], groups=k)
-        if train_generator:
-            distil = Teacher(teacher[0], teacher[1][k]) if teacher is not None and name == "rep" else None
-            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil)
+    if train_segmentor:
+        logits = model.segmentor(x, z_seg[k])
+        for (name, _), lg, yp, kp in zip(parts, logits.split(sizes), y.split(sizes), k.split(sizes)):
+            out[f"seg_{name}"] = seg_loss(lg, yp, n_classes[kp], groups=kp)
+    if train_generator:
+        distil = None
+        if teacher is not None and replay is not None:
+            rows = torch.cat([torch.full((n,), name == "rep", device=dev) for (name, _), n in zip(parts, sizes)])
+            distil = Teacher(teacher[0], teacher[1][k[rows]], rows)
+        losses = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil, parts=sizes)
+        out.update({f"gen_{name}": v for (name, _), v in zip(parts, losses)})
     me = sum(v for k, v in out.items() if k.startswith("seg_"))
     mu = sum(v for k, v in out.items() if k.startswith("gen_"))
     return {"loss": me + mu, "L_ME": torch.as_tensor(me), "L_MU": torch.as_tensor(mu), **out}

@@ -104,6 +104,14 @@ def test_memory_quick(tmp_path):
     assert run["n_tasks"] == 2 and run["peak_rss_mib"] >= run["rss_after_imports_mib"] > 50
 
 
+def test_memory_steps_quick(tmp_path):
+    r = script("memory").main(["--steps", "--quick", "--out", str(tmp_path / "mem.json")])
+    rows = {(s["call"], s["bf16"]): s for s in r["steps"]}
+    assert set(rows) == {("generator", False), ("generator", True), ("sampling", False), ("sampling", True)}
+    assert rows[("generator", False)]["saved_for_backward_mib"] > 0
+    assert rows[("sampling", False)]["saved_for_backward_mib"] == 0   # no graph is built while sampling
+
+
 def test_generator_recipes_quick(tmp_path):
     out = tmp_path / "gr.json"
     r = script("generator_recipes").main(["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "eps/uniform",

@@ -98,3 +98,30 @@ def test_stratified_replay_batch_matches_the_1_over_t_minus_1_average(emb):
                       torch.cat([b.tasks for b in sets]))
     pooled = ce_loss(m.segmentor(mixed.images, z[mixed.tasks]), mixed.masks, N_CLASSES[mixed.tasks])
     assert torch.allclose(pooled, sum(per_set) / len(per_set), atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["bjd", "njd"])
+def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective):
+    """coupled_loss runs current + replay through each network at once; the reference below is the
+    plain per-batch computation (one segmentor and one denoiser forward per batch, noise drawn batch
+    by batch, the replay batch distilled from a teacher)."""
+    from c2gr_core.diffusion import Teacher, joint_loss
+    from c2gr_core.losses import seg_loss
+
+    m, sched = model(emb)
+    m.objective = m.diffusion_cfg.objective = objective
+    teacher = (C2GRModel(preset("tiny"), c_max=3, emb=emb).denoiser.eval(), torch.randn(2, m.prompt.node_dim))
+    cur, rep = batch(1, n=3, seed=1), batch(0, n=2, seed=2)
+    torch.manual_seed(7)
+    out = coupled_loss(m, emb, 1, cur, rep, sched, N_CLASSES, teacher=teacher)
+
+    torch.manual_seed(7)
+    z, _ = m.prompts(emb, 1)
+    ref = {}
+    for name, b in (("cur", cur), ("rep", rep)):
+        ref[f"seg_{name}"] = seg_loss(m.segmentor(b.images, z[b.tasks]), b.masks, N_CLASSES[b.tasks], groups=b.tasks)
+        tch = Teacher(teacher[0], teacher[1][b.tasks]) if name == "rep" else None
+        ref[f"gen_{name}"] = joint_loss(m.diffusion_cfg, m.denoiser, b.images, m.codec.encode(b.masks), z[b.tasks],
+                                        sched, teacher=tch).total
+    for key, v in ref.items():
+        torch.testing.assert_close(out[key], v, rtol=1e-5, atol=1e-6, msg=key)
