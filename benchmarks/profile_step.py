@@ -7,9 +7,11 @@ workbench (attention kernel by device, numerics chosen per run).
     python benchmarks/profile_step.py                  # bench preset, 2 threads
     python benchmarks/profile_step.py --preset cpu     # 64^2 networks of the cpu preset
 
-"before" = torch's fused attention kernel, fp32, contiguous (what every run did until this change);
-"after" = the setup a run of the preset chooses on this machine (`training/numerics.py`, measured
-here the same way) with the attention kernel of the device. Ops are grouped (convolution, attention,
+"before" = what every run did until this change: torch's fused attention kernel, fp32, contiguous,
+and one forward per batch (`previous_coupled_loss`, the earlier body of `coupled_loss`); "after" =
+the setup a run of the preset chooses on this machine (`training/numerics.py`, measured here the
+same way), the attention kernel of the device and `coupled_loss` as it is (one forward for the
+current and the replay batch). Ops are grouped (convolution, attention,
 matmul, normalisation, elementwise, other) by their self CPU time. Writes
 benchmarks/results/profile/<preset>.json (or --out): per call the wall time (min of --reps) and
 the top ops with their share, before and after.
@@ -52,11 +54,30 @@ def group_of(op: str) -> str:
     return "other"
 
 
+def previous_coupled_loss(model, emb, t, current, replay, scheduler, n_classes, train_segmentor=True,
+                          train_generator=True, train_prompt=True, teacher=None) -> dict:
+    """coupled_loss before this change: each batch through each network on its own."""
+    from c2gr_core.diffusion import Teacher
+    from c2gr_core.losses import seg_loss
+
+    with nullcontext() if train_prompt else torch.no_grad():
+        z_seg, z_gen = model.prompts(emb, t)
+    out = {}
+    for name, b in (("cur", current), ("rep", replay)):
+        x, y, k = b.images, b.masks, b.tasks
+        if train_segmentor:
+            out[f"seg_{name}"] = seg_loss(model.segmentor(x, z_seg[k]), y, n_classes[k], groups=k)
+        if train_generator:
+            distil = Teacher(teacher[0], teacher[1][k]) if teacher is not None and name == "rep" else None
+            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil)
+    return {"loss": sum(out.values()), **out}
+
+
 class Case:
     """One configuration of the networks ("before" or "after") and the three profiled calls."""
 
-    def __init__(self, setup: Setup, cfg, attention: str, layout: str, bf16: bool):
-        self.cfg, self.setup, self.bf16 = cfg, setup, bf16
+    def __init__(self, setup: Setup, cfg, attention: str, layout: str, bf16: bool, loss=coupled_loss):
+        self.cfg, self.setup, self.bf16, self.loss = cfg, setup, bf16, loss
         fmt = torch.channels_last if layout == "fp32_channels_last" else torch.contiguous_format
         self.model = fix_attention(copy.deepcopy(setup.model), attention).train().to(memory_format=fmt)
         with torch.no_grad():
@@ -70,8 +91,8 @@ class Case:
     def _train(self, segmentor: bool) -> None:
         s = self.setup
         with self._autocast():
-            out = coupled_loss(self.model, s.emb, 1, s.cur, s.rep, s.sched, s.n_classes, train_segmentor=segmentor,
-                               train_prompt=segmentor, teacher=self.teacher)
+            out = self.loss(self.model, s.emb, 1, s.cur, s.rep, s.sched, s.n_classes, train_segmentor=segmentor,
+                            train_prompt=segmentor, teacher=self.teacher)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(list(self.model.parameters()), 1.0)
@@ -126,7 +147,7 @@ def main(argv=None) -> dict:
             (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
     probe_s = numerics.probe(nets, torch.device("cpu"))
     chosen = numerics.choose(probe_s)
-    cases = {"before": Case(setup, cfg, "sdpa", "fp32", False),
+    cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
              "after": Case(setup, cfg, "math", chosen, chosen == "bf16")}
     calls = ("coupled_step", "generator_step", "replay_sampling")
     for case in cases.values():  # warm-up (allocator, oneDNN kernels)
