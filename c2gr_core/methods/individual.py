@@ -27,11 +27,23 @@ class IndividualTrain(SegmentorMethod):
         self.segmentors = nn.ModuleList()
         self.prompts = nn.ModuleList()
 
+    def _segmentor(self) -> PromptedUNet:
+        cfg = self.ctx.cfg
+        return PromptedUNet(cfg.segmentor, in_channels=3, out_channels=self.ctx.c_max + 1,
+                            prompt_dim=cfg.prompt.node_dim, n_tokens=cfg.prompt.n_tokens).to(
+            self.ctx.device, memory_format=self.ctx.numerics.memory_format)
+
     def _new_model(self) -> None:
         cfg, d = self.ctx.cfg, self.ctx.device
         self.prompts.append(PlainPrompt(self.ctx.emb.e.shape[1], cfg.prompt.node_dim).to(d))
-        self.segmentors.append(PromptedUNet(cfg.segmentor, in_channels=3, out_channels=self.ctx.c_max + 1,
-                                            prompt_dim=cfg.prompt.node_dim, n_tokens=cfg.prompt.n_tokens).to(d))
+        self.segmentors.append(self._segmentor())
+
+    def probe_networks(self):
+        # No model exists before round 0; time one like those the rounds build (its initial weights do
+        # not matter, and drawing them must not move the run's random stream).
+        with torch.random.fork_rng():
+            net = self._segmentor()
+        return [(net, net.example_inputs(self.probe_batch(net), self.ctx.cfg.data.image_size))]
 
     def _select(self, t: int) -> None:
         # SegmentorMethod trains self.segmentor / self.seg_prompt: point them at model t.

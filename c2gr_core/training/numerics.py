@@ -114,7 +114,7 @@ def resolve(setting: bool | str, networks: list[tuple[nn.Module, tuple]], device
     """The numerics a new run trains with under train.amp_bf16 = `setting`."""
     if setting != "auto":
         return fixed(bool(setting))
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if not networks or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
         return Numerics("fp32", setting)
     probe_s = probe(networks, device)
     return Numerics(choose(probe_s), setting, probe_s)

@@ -147,3 +147,24 @@ def test_both_attention_kernels_compute_the_same_network(make):
     b = net(*inputs)
     assert _attention_flags(net) == {False}
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)   # float64: only summation order differs
+
+
+@pytest.mark.parametrize("name", sorted(__import__("c2gr_core.methods", fromlist=["x"]).available_methods()))
+def test_every_method_offers_the_networks_auto_times_without_moving_the_rng(name, tmp_path):
+    """With nothing to time, "auto" would choose from noise: every method must name a network, at the
+    batch a training step gives it (IndividualTrain builds its models only in its rounds)."""
+    from c2gr_core.experiment.runs import method_context
+    from c2gr_core.experiment.tasks import resolve_entries
+    from c2gr_core.methods import get_method
+    from data_catalog.catalog import entry_card
+
+    cfg = small_cfg()
+    cards = [entry_card(e) for e in resolve_entries(STREAM)]
+    m = get_method(name)(method_context(cfg, cards, work_dir=tmp_path / "work"))
+    state = torch.get_rng_state()
+    nets = m.probe_networks()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert nets and all(sum(p.numel() for p in net.parameters()) > 0 for net, _ in nets)
+    for net, inputs in nets:
+        assert inputs[0].shape[0] == m.probe_batch(net) >= 2 * cfg.train.batch_size
+        net(*inputs)   # the inputs fit the network
