@@ -2,9 +2,9 @@
 ("sdpa") or MONAI's explicit einsum-softmax-einsum ("math"). Same maths; the choice is speed and memory.
 
 Measured (benchmarks/training_cost.py, BENCHMARKS.md "Training cost"): on CPU the fused kernel is the
-slower one at the sizes a CPU trains. At the bench preset the coupled step took 0.603 s with "sdpa" and
-0.445 s with "math" (fp32, 2 threads, AMD EPYC); in bf16 the fused kernel's backward was the most
-expensive op of the step. On CUDA the fused kernel is what keeps 256^2 attention in memory, so it
+slower one at the sizes a CPU trains. At the bench preset the coupled step took 0.490 s with "sdpa" and
+0.438 s with "math" in fp32, 0.486 s and 0.323 s under bf16 autocast (2 threads, AMD EPYC;
+benchmarks/results/training_cost.json). On CUDA the fused kernel is what keeps 256^2 attention in memory, so it
 stays there. The networks pick the kernel from the device of their input (`AttentionByDevice`).
 """
 from __future__ import annotations
