@@ -78,10 +78,11 @@ def train_reference(ctx, k: int, steps: int, log) -> tuple[FineTune, float]:
 def score(images, labels, ref, k, n_classes, real_test, feats, c_max) -> dict:
     labels = labels.clone()
     labels[labels > n_classes] = 0
-    corr = correspondence_dsc(images, labels, ref, k, n_classes)["mean"]
+    corr = correspondence_dsc(images, labels, ref, k, n_classes)
     fid = feature_fid(real_test, images, feats)
     hist = np.bincount(labels.flatten().numpy(), minlength=c_max + 1) / labels.numel()
-    return {"corr_dsc": corr, "feature_fid": fid, "label_fractions": hist.round(4).tolist()}
+    return {"corr_dsc": corr["mean"], "corr_dsc_per_class": np.round(corr["per_class"], 4).tolist(),
+            "feature_fid": fid, "label_fractions": hist.round(4).tolist()}
 
 
 def main(argv=None) -> dict:

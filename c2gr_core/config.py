@@ -72,6 +72,9 @@ class DiffusionConfig:
     # What the generator's loss on replayed pairs regresses: "data" (eq. 8: the analytic targets of the
     # replayed pairs) or "teacher" (the outputs of the generator as the round began: distillation).
     replay_target: str = "data"
+    # Pixel weights of the joint losses by the class each pixel holds in the clean mask, f_c ** -mask_balance
+    # (mean 1 per pair; diffusion/losses.py pixel_weights). 0: every pixel alike, eq. 1 / 3 as written.
+    mask_balance: float = 0.0
 
 
 @dataclass
@@ -309,6 +312,7 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.snr_gamma": above0,
         "diffusion.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
         "diffusion.replay_target": one_of(REPLAY_TARGETS),
+        "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
         "prompt.encoder": one_of(ENCODERS),
         "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
         "prompt.relation_norm": one_of(RELATION_NORMS),

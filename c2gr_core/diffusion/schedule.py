@@ -42,6 +42,9 @@ def check_recipe(cfg: DiffusionConfig) -> None:
         raise ValueError(f"DiffusionConfig.replay_target: unknown {cfg.replay_target!r}; allowed: {list(REPLAY_TARGETS)}")
     if isinstance(cfg.ema_decay, bool) or not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"DiffusionConfig.ema_decay must be a number in [0, 1) (0: no EMA), got {cfg.ema_decay!r}")
+    mb = cfg.mask_balance
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb <= 1:
+        raise ValueError(f"DiffusionConfig.mask_balance must be a number in [0, 1] (0: every pixel alike), got {mb!r}")
 
 
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

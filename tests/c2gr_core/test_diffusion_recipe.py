@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig
-from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, reverse_chain, sample_pairs, snr_weights, x0_and_eps
+from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, pixel_weights, reverse_chain, sample_pairs, snr_weights, x0_and_eps
 from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
 
 V_MIN_SNR = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)
@@ -217,10 +217,102 @@ def test_ema_follows_the_exponential_average_by_hand():
 
 
 @pytest.mark.parametrize("field, value", [("prediction", "x0"), ("loss_weighting", "p2"), ("snr_gamma", 0),
-                                          ("ema_decay", 1.0), ("ema_decay", True)])
+                                          ("ema_decay", 1.0), ("ema_decay", True), ("mask_balance", 1.5),
+                                          ("mask_balance", -0.1), ("mask_balance", True), ("mask_balance", "0.5")])
 def test_bad_recipe_is_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_scheduler(DiffusionConfig(**{field: value}))
+
+
+# ------------------------------------------------------------------- class-balanced pixels
+def _labels_8_2() -> torch.Tensor:
+    """One 2x5 mask: eight background pixels, two of class 1 (fractions 0.8 / 0.2)."""
+    return torch.tensor([[[0, 0, 0, 0, 1], [0, 0, 0, 1, 0]]])
+
+
+@pytest.mark.parametrize("balance, w_bg, w_fg", [(0.5, 5 / 6, 5 / 3), (1.0, 0.625, 2.5)])
+def test_pixel_weights_hand_worked(balance, w_bg, w_fg):
+    """f = 0.8 / 0.2. beta 0.5: raw 0.8^-0.5, 0.2^-0.5 (ratio 2), mean (8 * 1 + 2 * 2) / 10 = 1.2 in units of
+    the background's raw weight, so 1 / 1.2 = 5/6 and 2 / 1.2 = 5/3. beta 1: raw 1.25 and 5, mean 2, so 0.625
+    and 2.5: each class then carries half the total weight."""
+    labels = _labels_8_2()
+    w = pixel_weights(MaskCodec(3).encode(labels), balance)
+    assert w.shape == (1, 1, 2, 5)
+    expected = torch.where(labels == 1, w_fg, w_bg).unsqueeze(1).float()
+    assert torch.allclose(w, expected, rtol=1e-6)
+    assert pixel_weights(MaskCodec(3).encode(labels), 0) is None
+
+
+def test_pixel_weights_are_per_sample_fractions_by_a_loop():
+    g = torch.Generator().manual_seed(11)
+    labels = torch.randint(0, M, (B, H, H), generator=g)
+    labels[0] = (labels[0] > 0).long()          # sample 0 has one class absent: it must not matter
+    w = pixel_weights(MaskCodec(M).encode(labels), 0.5)
+    for i in range(B):
+        n = H * H
+        frac = {c: float((labels[i] == c).sum()) / n for c in range(M)}
+        raw = [[frac[int(labels[i, r, c])] ** -0.5 for c in range(H)] for r in range(H)]
+        mean = sum(map(sum, raw)) / n
+        for r in range(H):
+            for c in range(H):
+                assert w[i, 0, r, c].item() == pytest.approx(raw[r][c] / mean, rel=1e-5)
+
+
+def hand_pixel_loss(preds, targets, k, pix, prediction, weighting) -> float:
+    """(1/B) sum_i w(k_i) * (1 / n_i) sum over sample i's channels and pixels of p_hw (pred - target)^2."""
+    total = 0.0
+    for i, ki in enumerate(k):
+        s = 0.0
+        for ch in range(preds.shape[1]):
+            for r in range(preds.shape[2]):
+                for c in range(preds.shape[3]):
+                    s += float(pix[i][r][c]) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
+        total += hand_weight(int(ki), prediction, weighting) * s / preds[i].numel()
+    return total / len(k)
+
+
+def _hand_pix(labels, balance):
+    out = []
+    for lab in labels:
+        n = lab.numel()
+        frac = {int(c): float((lab == c).sum()) / n for c in lab.unique()}
+        raw = [[frac[int(v)] ** -balance for v in row] for row in lab]
+        mean = sum(map(sum, raw)) / n
+        out.append([[v / mean for v in row] for row in raw])
+    return out
+
+
+def test_njd_and_bjd_weight_every_term_by_the_clean_mask_pixels():
+    x0, _, prompt = _pair(12)
+    g = torch.Generator().manual_seed(13)
+    labels = torch.randint(0, M, (B, H, H), generator=g)
+    labels[:, :6] = 0                                   # a dominant background, as in real masks
+    y0 = MaskCodec(M).encode(labels)
+    k = torch.tensor([5, 300, 900])
+    ex, ey = torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g)
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5)
+    sched = make_scheduler(cfg)
+    pix = _hand_pix(labels, 0.5)
+    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
+    vx, vy = hand_v(x0, ex, k), hand_v(y0, ey, k)
+
+    njd = njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    inp = torch.cat([xk, yk], 1)
+    assert njd.total.item() == pytest.approx(
+        hand_pixel_loss(0.5 * inp + 0.1, torch.cat([vx, vy], 1), k, pix, "v", "min_snr"), rel=1e-5)
+
+    bjd = bjd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    cx = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * x0[i] for i, ki in enumerate(k)])
+    cy = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * y0[i] for i, ki in enumerate(k)])
+    inputs = [inp, torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
+    targets = [torch.cat([vx, vy], 1), torch.cat([vx, cy], 1), torch.cat([cx, vy], 1)]
+    for name, i, t in zip(("joint", "image_given_mask", "mask_given_image"), inputs, targets):
+        assert bjd.terms[name].item() == pytest.approx(
+            hand_pixel_loss(0.5 * i + 0.1, t, k, pix, "v", "min_snr"), rel=1e-5), name
+    # and the weights matter: the unweighted loss differs
+    plain = bjd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey),
+                     cfg=DiffusionConfig(prediction="v", loss_weighting="min_snr"))
+    assert abs(plain.total.item() - bjd.total.item()) > 1e-3 * plain.total.item()
 
 
 # ------------------------------------------------------------------- replay distillation
