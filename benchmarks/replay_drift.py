@@ -6,8 +6,9 @@ A generative method's generator learns round t from the current task plus pairs 
 for the earlier tasks; errors it makes are learnt again and can grow. The run keeps a sample of every
 round's replay (samples/round_XX/task_YY.npz, the pairs the segmentor trained on). Each kept set is
 scored by the correspondence DSC against a per-task reference segmentor trained on 400 pairs of its
-own seed (as in generator_recipes.py): drift[r][j] for past task j at round r. A generator that
-keeps a task has a flat column; drift shows as a column falling with r.
+own seed (as in generator_recipes.py): drift[r][j] for past task j at round r (drift_per_class[r][j]:
+one DSC per foreground class). A generator that keeps a task has a flat column; drift shows as a
+column falling with r.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def main(argv=None) -> dict:
         names = [c.name for c in cards]
         T = len(names)
         drift = [[None] * T for _ in range(T)]
+        per_class = [[None] * T for _ in range(T)]   # a mean hides a small structure the generator stopped drawing
         ref_dsc = {}
         for j in range(T - 1):
             key = (tuple(names), j, cfg.data.image_size)
@@ -62,13 +64,15 @@ def main(argv=None) -> dict:
             for r, files in kept.items():
                 if j in files:
                     images, masks = load_pairs(files[j])
-                    drift[r][j] = correspondence_dsc(images, masks, ref, j, cards[j].n_classes)["mean"]
+                    corr = correspondence_dsc(images, masks, ref, j, cards[j].n_classes)
+                    drift[r][j] = corr["mean"]
+                    per_class[r][j] = np.round(corr["per_class"], 4).tolist()
             log(f"{run.name} {names[j]}: " + " ".join(f"{d:.2f}" for d in (drift[r][j] for r in range(T))
                                                       if d is not None))
         per_round = [float(np.nanmean([d for d in row if d is not None])) if any(d is not None for d in row)
                      else None for row in drift]
         result["runs"][run.name] = {"run": str(run), "method": info.get("method"), "tasks": names,
-                                    "reference_test_dsc": ref_dsc, "drift": drift,
+                                    "reference_test_dsc": ref_dsc, "drift": drift, "drift_per_class": per_class,
                                     "mean_over_past_tasks_per_round": per_round}
     out = write_json(result, args.out)
     log(f"written: {out}")
