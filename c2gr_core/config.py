@@ -160,10 +160,11 @@ def _from_dict(cls, d: dict[str, Any], where: str):
 #
 # mask_balance 0.5: pixels weighted by their class's share of the mask, f_c ** -0.5. Under the plain mean
 # the bench generator all but stopped drawing the optic cup (1.7 % of fundus pixels: generated 0.1-0.6 %,
-# its correspondence 0.15 falling to 0.00 over six rounds), so C2GR kept the fundus tasks at 30-40 %.
-# With 0.5 a single fundus-a task reached correspondence 0.74 at 300 steps (0.53 without; feature-FID
-# 20 vs 6: the images pay a little), and the 9-task C2GR run 67.72 Overall against 54.66 (seed 0;
-# BENCHMARKS.md section 3). Eq. 1 and 3 weight every pixel alike: `paper` keeps 0.
+# its correspondence 0.15 falling to 0.00 within six rounds), so C2GR kept the fundus tasks at 30-40 %.
+# With 0.5 a single fundus-a task reached correspondence 0.67 at 300 steps (0.30 without; optic cup
+# 0.63 vs 0.03; feature-FID 16.3 vs 2.7: the images pay a little), and the 9-task C2GR run 67.72 Overall
+# against 54.66 (seed 0; BENCHMARKS.md sections 1 and 3). Eq. 1 and 3 weight every pixel alike: `paper`
+# keeps 0.
 LAPTOP_RECIPE = dict(prediction="v", loss_weighting="min_snr", snr_gamma=5.0, mask_balance=0.5)
 # RUPS prompts that keep each task's identity (prompting/rups.py, "Note on task identity"). With eq. 4 read
 # literally the nine trained prompts of the 9-task bench stream ended at off-diagonal cosine 0.95-1.00
