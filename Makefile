@@ -15,7 +15,7 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: env test stream notebook lab clean-env
 
 # `make stream` runs the full-stream notebook on the synthetic 20-task stream at the bench preset
-# (FineTune, JointTrain, C2GR; about 23 minutes on 2 cores, with 120 generator steps per round instead
+# (FineTune, JointTrain, C2GR; about 21 minutes on 2 cores, with 120 generator steps per round instead
 # of the preset's 300) through papermill into
 # runs/<date>_05_full_stream_<TAG>/.
 # Override e.g. `make stream PARAMS='-p n_tasks 6 -p methods "[finetune, c2gr]"'`.
