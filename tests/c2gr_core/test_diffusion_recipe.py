@@ -243,19 +243,27 @@ def test_pixel_weights_hand_worked(balance, w_bg, w_fg):
     assert pixel_weights(MaskCodec(3).encode(labels), 0) is None
 
 
+def _hand_pix(labels, balance):
+    """Per sample, by a loop over pixels: f_c ** -balance of the pixel's class, divided by its mean."""
+    out = []
+    for lab in labels:
+        n = lab.numel()
+        frac = {int(c): float((lab == c).sum()) / n for c in lab.unique()}
+        raw = [[frac[int(v)] ** -balance for v in row] for row in lab]
+        mean = sum(map(sum, raw)) / n
+        out.append([[v / mean for v in row] for row in raw])
+    return out
+
+
 def test_pixel_weights_are_per_sample_fractions_by_a_loop():
     g = torch.Generator().manual_seed(11)
     labels = torch.randint(0, M, (B, H, H), generator=g)
     labels[0] = (labels[0] > 0).long()          # sample 0 has one class absent: it must not matter
     w = pixel_weights(MaskCodec(M).encode(labels), 0.5)
-    for i in range(B):
-        n = H * H
-        frac = {c: float((labels[i] == c).sum()) / n for c in range(M)}
-        raw = [[frac[int(labels[i, r, c])] ** -0.5 for c in range(H)] for r in range(H)]
-        mean = sum(map(sum, raw)) / n
+    for i, expected in enumerate(_hand_pix(labels, 0.5)):
         for r in range(H):
             for c in range(H):
-                assert w[i, 0, r, c].item() == pytest.approx(raw[r][c] / mean, rel=1e-5)
+                assert w[i, 0, r, c].item() == pytest.approx(expected[r][c], rel=1e-5)
 
 
 def hand_pixel_loss(preds, targets, k, pix, prediction, weighting) -> float:
@@ -269,17 +277,6 @@ def hand_pixel_loss(preds, targets, k, pix, prediction, weighting) -> float:
                     s += float(pix[i][r][c]) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
         total += hand_weight(int(ki), prediction, weighting) * s / preds[i].numel()
     return total / len(k)
-
-
-def _hand_pix(labels, balance):
-    out = []
-    for lab in labels:
-        n = lab.numel()
-        frac = {int(c): float((lab == c).sum()) / n for c in lab.unique()}
-        raw = [[frac[int(v)] ** -balance for v in row] for row in lab]
-        mean = sum(map(sum, raw)) / n
-        out.append([[v / mean for v in row] for row in raw])
-    return out
 
 
 def test_njd_and_bjd_weight_every_term_by_the_clean_mask_pixels():
