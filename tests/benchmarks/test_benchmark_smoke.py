@@ -162,3 +162,30 @@ def test_c2gr_variants_applies_overrides_and_keeps_one_row_per_variant(tmp_path)
     script("c2gr_variants").main(["--name", "plain", "--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "c2gr_variants.json").read_text())["rows"]
     assert set(saved) == {"rr-s0", "plain-s0"} and saved["plain-s0"]["overrides"] == []
+
+
+def test_segmentor_budget_scores_the_final_model_on_the_validation_split(tmp_path):
+    row = script("segmentor_budget").main(["--quick", "--method", "finetune", "--set", "train.epochs=2",
+                                           "--n-val", "5", "--out", str(tmp_path)])
+    run = tmp_path / "runs" / "finetune_train.epochs-2-s0"
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["train"]["epochs"], cfg["data"]["n_val"]) == (2, 5)
+    # The validation DSC of the last task, counted by hand over the five validation pairs.
+    from c2gr_core.experiment.runs import load_method
+    from data_catalog.synthetic import synthetic_task
+    m = load_method(run)
+    card = m.ctx.cards[1]
+    d = cfg["data"]
+    val = synthetic_task(card, d["image_size"], d["n_train"], 5, d["n_test"], seed=cfg["train"]["seed"] + 1).val
+    images, masks = val.tensors()
+    pred = m.predict(images, 1)
+    dices = []
+    for c in range(1, card.n_classes + 1):
+        a, b = (pred == c), (masks == c)
+        if b.sum():
+            dices.append(2 * float((a & b).sum()) / float(a.sum() + b.sum()))
+    assert math.isclose(row["val_final_row"][card.name], 100 * sum(dices) / len(dices), rel_tol=1e-6)
+    assert math.isclose(row["val_overall"], sum(row["val_final_row"].values()) / 2, rel_tol=1e-9)
+    assert math.isclose(row["test_overall"], sum(row["test_final_row"].values()) / 2, abs_tol=0.01)
+    assert json.loads((tmp_path / "segmentor_budget.json").read_text())["rows"].keys() == {
+        "finetune_train.epochs-2-s0"}
