@@ -26,3 +26,17 @@ def finished_run(runs: str | os.PathLike, method: str, seed: int = 0) -> Path:
         raise SystemExit(f"{d}: no finished {method!r} run; run `python benchmarks/method_table.py "
                          f"--methods {method}` first (or pass --runs)")
     return d
+
+
+def put_row(path: str | os.PathLike, key: str, row: dict) -> Path:
+    """Set one row of a `{"rows": {key: row}}` results file, keeping the others (resumable sweeps)."""
+    path = Path(path)
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    rows[key] = row
+    return write_json({"rows": rows}, path)
+
+
+def run_wall_s(run: str | os.PathLike) -> float:
+    """Seconds a finished run spent replaying, training and evaluating, from its timings.json."""
+    timings = json.loads((Path(run) / "timings.json").read_text())
+    return sum(t["replay_s"] + t["fit_s"] + t["eval_s"] for t in timings)

@@ -13,7 +13,6 @@ segmentor's zeta over all tasks: Fig. 7 of the paper shows RUPS prompts that tel
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, write_json  # noqa: E402
+from benchmarks._common import RESULTS, put_row, run_wall_s  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
 from c2gr_core.interface.cli import apply_overrides  # noqa: E402
 from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
@@ -60,18 +59,15 @@ def main(argv=None) -> dict:
                    resume=(d / "progress.json").is_file(), progress=False, keep_checkpoints="last")
     info = read_run(d)
     m = info["metrics"]
-    timings = json.loads((d / "timings.json").read_text())
     row = {"name": args.name, "method": args.method, "seed": args.seed, "overrides": args.overrides,
            "overall": 100 * m["overall"], "bwt": 100 * m["bwt"], "tl": 100 * m["tl"],
            "final_row": dict(zip(info["tasks"], (100 * info["matrix"][-1]).round(2).tolist())),
            "matrix_percent": [[None if np.isnan(v) else round(100 * v, 2) for v in r] for r in info["matrix"]],
-           "wall_s": sum(t["replay_s"] + t["fit_s"] + t["eval_s"] for t in timings),
+           "wall_s": run_wall_s(d),
            "prompt_cosine_offdiag": prompt_separation(d) if args.method.startswith("c2gr") else None,
            "run": str(d)}
     path = out / "c2gr_variants.json"
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else {}
-    rows[f"{args.name}-s{args.seed}"] = row
-    write_json({"rows": rows}, path)
+    put_row(path, f"{args.name}-s{args.seed}", row)
     print(f"{args.name}: Overall {row['overall']:.2f} BWT {row['bwt']:.2f} TL {row['tl']:.2f} "
           f"({row['wall_s']:.0f} s); prompt cosine {row['prompt_cosine_offdiag']}")
     return row

@@ -17,7 +17,6 @@ over tasks of the final model's DSC) and per task, test Overall / BWT / TL and f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, write_json  # noqa: E402
+from benchmarks._common import RESULTS, put_row, run_wall_s  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
 from c2gr_core.experiment.runner import load_stream_task, resolve_entries, run_stream  # noqa: E402
 from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
@@ -75,16 +74,13 @@ def main(argv=None) -> dict:
     info = read_run(d)
     m = info["metrics"]
     val = validation_row(d, stream, cfg)
-    timings = json.loads((d / "timings.json").read_text())
     row = {"name": name, "method": args.method, "seed": args.seed, "overrides": args.overrides,
            "n_val": args.n_val, "val_overall": float(np.mean(list(val.values()))), "val_final_row": val,
            "test_overall": 100 * m["overall"], "test_bwt": 100 * m["bwt"], "test_tl": 100 * m["tl"],
            "test_final_row": dict(zip(info["tasks"], (100 * info["matrix"][-1]).round(2).tolist())),
-           "wall_s": sum(t["replay_s"] + t["fit_s"] + t["eval_s"] for t in timings), "run": str(d)}
+           "wall_s": run_wall_s(d), "run": str(d)}
     path = out / "segmentor_budget.json"
-    rows = json.loads(path.read_text())["rows"] if path.is_file() else {}
-    rows[f"{name}-s{args.seed}"] = row
-    write_json({"rows": rows}, path)
+    put_row(path, f"{name}-s{args.seed}", row)
     print(f"{name} s{args.seed}: val {row['val_overall']:.2f} | test Overall {row['test_overall']:.2f} "
           f"BWT {row['test_bwt']:.2f} TL {row['test_tl']:.2f} ({row['wall_s']:.0f} s)")
     return row
