@@ -77,7 +77,14 @@ def test_replay_cost_rejects_a_bad_sampler(table):
 def test_training_cost_quick(tmp_path):
     r = script("training_cost").main(["--quick", "--out", str(tmp_path / "tc.json")])
     for v in r["variants"].values():
-        assert v["img_per_s"] > 0 and v["flops_per_step"] > 0 and 0 < v["fraction_of_matmul_peak"] < 1
+        assert v["img_per_s"] > 0 and v["flops_per_step"] > 0 and v["fraction_of_matmul_peak"] > 0
+        # fp32 matmul is a true peak on any CPU (MKL/OpenBLAS): a step above it means miscounted FLOPs.
+        # A bf16 matmul without native bf16 kernels can run slower than oneDNN's bf16 convolutions
+        # (seen on a CI CPU: 1 GFLOP/s matmul, 2 GFLOP/s step), which the result must flag.
+        if v["precision"] == "fp32":
+            assert v["fraction_of_matmul_peak"] < 1
+        if v["fraction_of_matmul_peak"] > 1:
+            assert v["precision"] in r["matmul_below_achieved"]
     # the same arithmetic whichever precision runs it
     for step in ("coupled", "sequential"):
         assert len({v["flops_per_step"] for v in r["variants"].values() if v["step"] == step}) == 1
@@ -189,3 +196,19 @@ def test_segmentor_budget_scores_the_final_model_on_the_validation_split(tmp_pat
     assert math.isclose(row["test_overall"], sum(row["test_final_row"].values()) / 2, abs_tol=0.01)
     assert json.loads((tmp_path / "segmentor_budget.json").read_text())["rows"].keys() == {
         "finetune_train.epochs-2-s0"}
+
+
+def test_task_identity_names_the_task_of_each_generated_image(tmp_path):
+    out = tmp_path / "ti.json"
+    r = script("task_identity").main(["--preset", "tiny", "--tasks", "fundus-a", "mms-a", "--steps", "2", "3",
+                                      "--pairs", "3", "--set", "denoiser.prompt_in_timestep=true", "--out", str(out)])
+    assert json.loads(out.read_text())["overrides"] == ["denoiser.prompt_in_timestep=true"]
+    # fundus and M&Ms look nothing alike: the classifier tells their real images apart
+    assert r["classifier_real_accuracy"] == [1.0, 1.0]
+    assert [c["steps"] for c in r["checkpoints"]] == [2, 3]
+    for c in r["checkpoints"]:
+        for j, task in enumerate(r["tasks"]):
+            named = c["named_as"][task]
+            assert sum(named.values()) == 3
+            assert math.isclose(c["identity"][task], named.get(task, 0) / 3)
+        assert math.isclose(c["mean_identity"], sum(c["identity"].values()) / 2)
