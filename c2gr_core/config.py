@@ -51,6 +51,11 @@ class DenoiserConfig:
     num_head_channels: int = 8
     norm_groups: int = 8
     cross_attention_dim: int = 32
+    # Eq. 6 prompts the denoiser by cross-attention only, which at the CPU sizes exists at the lowest
+    # resolution alone. True also adds a linear projection of the prompt to the timestep embedding,
+    # which every residual block receives (as Imagen and SDXL add a pooled text embedding): tasks whose
+    # images differ everywhere (two sites, two vendors) need the prompt at every resolution.
+    prompt_in_timestep: bool = False
 
 
 @dataclass

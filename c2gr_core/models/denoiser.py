@@ -54,7 +54,14 @@ class Denoiser(AttentionByDevice, nn.Module):
             num_res_blocks=cfg.num_res_blocks, num_head_channels=cfg.num_head_channels,
             norm_num_groups=cfg.norm_groups, with_conditioning=True,
             cross_attention_dim=cfg.cross_attention_dim, use_flash_attention=bool(fast_attention),
+            num_class_embeds=1 if cfg.prompt_in_timestep else None,
         )
+        self.prompt_in_timestep = cfg.prompt_in_timestep
+        if cfg.prompt_in_timestep:
+            # MONAI's class-conditioning slot adds class_embedding(class_labels) to the timestep
+            # embedding that every ResnetBlock receives; a Linear on the prompt in place of its
+            # Embedding table makes that slot carry the continuous prompt.
+            self.unet.class_embedding = nn.Linear(prompt_dim, self.unet.time_embed[-1].out_features)
         # Eq. (6) attends from image features to the prompt. With a single context token the
         # softmax over keys is identically 1, so the "attention" would collapse to adding V*zeta
         # everywhere; n_tokens > 1 tokens give the softmax something to choose between.
@@ -80,7 +87,8 @@ class Denoiser(AttentionByDevice, nn.Module):
             raise ValueError(f"Denoiser: image size {tuple(xy.shape[-2:])} must be divisible by {f} "
                              f"({len(self.unet.block_out_channels)} UNet levels)")
         self._select_attention(xy)
-        return self.unet(xy, timesteps, context=self.context(prompt))
+        return self.unet(xy, timesteps, context=self.context(prompt),
+                         class_labels=prompt if self.prompt_in_timestep else None)
 
     def example_inputs(self, batch: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Random (xy, timesteps, prompt) of one batch on the network's device (speed probes)."""

@@ -524,6 +524,7 @@ PROBES: dict[str, Probe] = {
     "denoiser.num_head_channels": Changes(4, observe=denoiser_modules),
     "denoiser.norm_groups": Changes(8, observe=denoiser_modules),
     "denoiser.cross_attention_dim": Changes(16, observe=denoiser_modules),
+    "denoiser.prompt_in_timestep": Changes(True, observe=denoiser_modules),
     # ---- diffusion
     "diffusion.num_train_timesteps": Changes(500, observe=training_betas),
     "diffusion.schedule": Changes("scaled_linear_beta", observe=training_betas),

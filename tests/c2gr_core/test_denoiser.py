@@ -71,3 +71,53 @@ def test_paper_preset_instantiates_and_runs_one_forward_on_cpu():
         out = net(torch.randn(1, 3 + M, s, s), torch.tensor([999]), torch.randn(1, cfg.prompt.node_dim))
     print(f"paper denoiser forward, batch 1, {s}x{s}, CPU: {time.perf_counter() - t0:.2f} s")
     assert out.shape == (1, 3 + M, s, s) and torch.isfinite(out).all()
+
+
+def _randomised(net):
+    # MONAI zero-initialises the output convolution (and so every prompt gives 0 at init).
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.normal_(0, 0.1)
+    return net
+
+
+def test_prompt_in_timestep_reaches_blocks_without_attention():
+    """With the cross-attention context cut off (a zero prompt adapter) the prompt has no path into
+    the network but the timestep embedding: two prompts give one output unless prompt_in_timestep
+    adds it there."""
+    cfg = preset("tiny").denoiser
+    xy, k = torch.randn(2, 3 + M, 16, 16), torch.tensor([10, 500])
+    p1, p2 = torch.randn(2, 8), torch.randn(2, 8)
+    for on in (False, True):
+        cfg.prompt_in_timestep = on
+        torch.manual_seed(0)
+        net = _randomised(Denoiser(cfg, mask_channels=M, prompt_dim=8))
+        with torch.no_grad():
+            net.prompt_adapter.weight.zero_()
+            differ = not torch.allclose(net(xy, k, p1), net(xy, k, p2))
+        assert differ == on
+
+
+def test_prompt_in_timestep_adds_a_linear_map_of_the_prompt_to_the_timestep_embedding():
+    """Independent check of what the option adds: the MONAI UNet without it, its timestep embedding
+    shifted by W p + b through a hook, equals the network with it."""
+    cfg = preset("tiny").denoiser
+    cfg.prompt_in_timestep = True
+    torch.manual_seed(0)
+    net = _randomised(Denoiser(cfg, mask_channels=M, prompt_dim=8))
+    plain_cfg = preset("tiny").denoiser
+    plain = Denoiser(plain_cfg, mask_channels=M, prompt_dim=8)
+    missing = plain.load_state_dict(net.state_dict(), strict=False)
+    assert set(missing.unexpected_keys) == {"unet.class_embedding.weight", "unet.class_embedding.bias"}
+    assert not missing.missing_keys
+    xy, k, p = torch.randn(3, 3 + M, 16, 16), torch.tensor([1, 400, 999]), torch.randn(3, 8)
+    W, b = net.unet.class_embedding.weight, net.unet.class_embedding.bias
+    shift = torch.stack([W @ p[i] + b for i in range(3)])
+    hook = plain.unet.time_embed.register_forward_hook(lambda mod, inp, out: out + shift)
+    with torch.no_grad():
+        expected = plain(xy, k, p)
+        hook.remove()
+        unshifted = plain(xy, k, p)
+        got = net(xy, k, p)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, unshifted, atol=1e-3)
