@@ -1,7 +1,7 @@
 """Does the generator keep sibling tasks apart? Task identity of generated pairs, trained jointly.
 
     python benchmarks/task_identity.py [--tasks fundus-a fundus-c mms-a mms-b] [--steps 300 600]
-        [--set denoiser.prompt_in_timestep=true] --out benchmarks/results/task_identity/NAME.json
+        [--set denoiser.prompt_in_timestep=true] [--prompts random] --out benchmarks/results/task_identity/NAME.json
 
 Two tasks of one family (two fundus sites, two M&Ms vendors, BraTS T1 and FLAIR) differ in how every
 pixel looks, and their prompts are close (text cosine 0.84-0.96). A generator that cannot tell the
@@ -58,6 +58,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a preset value, as `c2gr run --set`")
+    ap.add_argument("--prompts", choices=["module", "random"], default="module",
+                    help="module: the untrained prompt module's zeta (as in a stream); random: Gaussian prompts of "
+                         "the same norm, nearly orthogonal - tells prompt similarity apart from the denoiser's prompt path")
     ap.add_argument("--pairs", type=int, default=32, help="generated pairs per task at each checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -84,6 +87,9 @@ def main(argv=None) -> dict:
     model = C2GRModel(cfg, ctx.c_max, ctx.emb)
     with torch.no_grad():
         zeta = model.prompts(ctx.emb, T - 1)[1].detach()
+    if args.prompts == "random":
+        g = torch.randn(zeta.shape, generator=torch.Generator().manual_seed(args.seed))
+        zeta = g * (zeta.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True))
     den = model.denoiser.train()
     ema = make_ema(den, cfg.diffusion.ema_decay)
     opt = torch.optim.AdamW(den.parameters(), lr=cfg.train.gen_lr or cfg.train.lr)
@@ -93,8 +99,9 @@ def main(argv=None) -> dict:
     y = [torch.from_numpy(d.train.masks).long() for d in data]
     per = max(1, cfg.train.batch_size // T)  # a balanced batch: every task in every step
     result = {"preset": args.preset, "overrides": args.set, "tasks": args.tasks, "seed": args.seed,
-              "threads": args.threads, "pairs": args.pairs, "classifier_real_accuracy": real_acc,
+              "threads": args.threads, "pairs": args.pairs, "prompts": args.prompts, "classifier_real_accuracy": real_acc,
               "prompt_cosine": torch.nn.functional.cosine_similarity(zeta[:, None], zeta[None], dim=-1).tolist(),
+              "prompt_norm": zeta.norm(dim=1).tolist(),
               "checkpoints": []}
     step, t_train = 0, 0.0
     bar = tqdm(total=max(args.steps), desc="generator steps")

@@ -215,3 +215,10 @@ def test_task_identity_names_the_task_of_each_generated_image(tmp_path):
             assert sum(named.values()) == 3
             assert math.isclose(c["identity"][task], named.get(task, 0) / 3)
         assert math.isclose(c["mean_identity"], sum(c["identity"].values()) / 2)
+    # random prompts keep the module prompts' norms (same seed: same module), not their directions
+    rnd = script("task_identity").main(["--preset", "tiny", "--tasks", "fundus-a", "mms-a", "--steps", "1",
+                                        "--pairs", "2", "--prompts", "random", "--set", "denoiser.prompt_in_timestep=true",
+                                        "--out", str(tmp_path / "r.json")])
+    assert rnd["prompts"] == "random"
+    assert rnd["prompt_norm"] == pytest.approx(r["prompt_norm"], rel=1e-5)
+    assert rnd["prompt_cosine"][0][1] != pytest.approx(r["prompt_cosine"][0][1], abs=1e-3)
