@@ -3,6 +3,7 @@ replay buffer and JointTrain is too few segmentor steps?
 
     python benchmarks/segmentor_budget.py --method replay-buffer --set train.epochs=16 --seed 0
     python benchmarks/segmentor_budget.py --quick --method replay-buffer --out DIR      # smoke
+    python benchmarks/segmentor_budget.py --method c2gr --n-tasks 6 ...                  # the first six tasks only
 
 Each variant is the bench preset with the `--set` overrides and a larger validation split
 (`--n-val`, 64 by default: the synthetic twins draw every split from its own indices, so train and
@@ -58,6 +59,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(RESULTS / "segmentor_budget"))
     ap.add_argument("--quick", action="store_true", help="smoke size: tiny preset, 2 tasks, 1 epoch")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-tasks", type=int, default=None,
+                    help="only the first N tasks of the stream (a shorter probe; the row name gets _tasks-N)")
     args = ap.parse_args(argv)
     if args.n_val < 1:
         raise SystemExit(f"--n-val must be >= 1, got {args.n_val}")
@@ -65,7 +68,12 @@ def main(argv=None) -> dict:
     cfg = apply_overrides(bench_config(args.quick, args.seed), args.overrides)
     cfg.data.n_val = args.n_val
     stream = QUICK_STREAM if args.quick else STREAM
-    name = args.name or "_".join([args.method, *(o.replace("=", "-") for o in args.overrides)])
+    if args.n_tasks is not None:
+        if not 1 <= args.n_tasks <= len(stream):
+            raise SystemExit(f"--n-tasks must be in 1..{len(stream)}, got {args.n_tasks}")
+        stream = stream[:args.n_tasks]
+    name = args.name or "_".join([args.method, *(o.replace("=", "-") for o in args.overrides),
+                                  *([f"tasks-{args.n_tasks}"] if args.n_tasks is not None else [])])
     out = Path(args.out)
     d = out / "runs" / f"{name}-s{args.seed}"
     if not is_complete(d):

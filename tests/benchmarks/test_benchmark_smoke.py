@@ -117,9 +117,9 @@ def test_memory_quick(tmp_path):
 def test_memory_steps_quick(tmp_path):
     r = script("memory").main(["--steps", "--quick", "--out", str(tmp_path / "mem.json")])
     rows = {(s["call"], s["bf16"]): s for s in r["steps"]}
-    assert set(rows) == {("generator", False), ("generator", True), ("sampling", False), ("sampling", True)}
+    assert set(rows) == {("generator", False), ("sampling", True)}   # --quick: one per call kind, both precisions
     assert rows[("generator", False)]["saved_for_backward_mib"] > 0
-    assert rows[("sampling", False)]["saved_for_backward_mib"] == 0   # no graph is built while sampling
+    assert rows[("sampling", True)]["saved_for_backward_mib"] == 0   # no graph is built while sampling
 
 
 def test_generator_recipes_quick(tmp_path):
@@ -199,6 +199,14 @@ def test_segmentor_budget_scores_the_final_model_on_the_validation_split(tmp_pat
     assert math.isclose(row["test_overall"], sum(row["test_final_row"].values()) / 2, abs_tol=0.01)
     assert json.loads((tmp_path / "segmentor_budget.json").read_text())["rows"].keys() == {
         "finetune_train.epochs-2-s0"}
+    # --n-tasks: a shorter stream, its own row
+    short = script("segmentor_budget").main(["--quick", "--method", "finetune", "--n-tasks", "1", "--n-val", "2",
+                                             "--out", str(tmp_path)])
+    assert list(short["test_final_row"]) == list(row["test_final_row"])[:1]
+    assert json.loads((tmp_path / "segmentor_budget.json").read_text())["rows"].keys() == {
+        "finetune_train.epochs-2-s0", "finetune_tasks-1-s0"}
+    with pytest.raises(SystemExit, match="--n-tasks must be in 1..2"):
+        script("segmentor_budget").main(["--quick", "--n-tasks", "3", "--out", str(tmp_path)])
 
 
 def test_task_identity_names_the_task_of_each_generated_image(tmp_path):
