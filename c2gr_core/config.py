@@ -22,6 +22,7 @@ MASK_CODES = ("onehot",)
 PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("uniform", "min_snr")
 REPLAY_TARGETS = ("data", "teacher")
+MASK_BALANCE_BY = ("pixel", "channel")
 ENCODERS = ("minilm", "open_clip", "hash")
 RELATION_NORMS = ("none", "row")
 
@@ -80,6 +81,10 @@ class DiffusionConfig:
     # Pixel weights of the joint losses by the class each pixel holds in the clean mask, f_c ** -mask_balance
     # (mean 1 per pair; diffusion/losses.py pixel_weights). 0: every pixel alike, eq. 1 / 3 as written.
     mask_balance: float = 0.0
+    # How those weights are spread: "pixel" (each pixel by its own class: biased towards the up-weighted
+    # classes, generated foreground too large) or "channel" (each mask channel by its class's share of
+    # the batch; the minimiser stays the conditional mean). diffusion/losses.py channel_weights.
+    mask_balance_by: str = "pixel"
 
 
 @dataclass
@@ -329,6 +334,7 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
         "diffusion.replay_target": one_of(REPLAY_TARGETS),
         "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
+        "diffusion.mask_balance_by": one_of(MASK_BALANCE_BY),
         "prompt.encoder": one_of(ENCODERS),
         "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
         "prompt.relation_norm": one_of(RELATION_NORMS),

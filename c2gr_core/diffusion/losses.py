@@ -48,10 +48,50 @@ def pixel_weights(y0: torch.Tensor, balance: float) -> torch.Tensor | None:
     return (w / w.flatten(1).mean(1).view(-1, 1, 1)).unsqueeze(1)
 
 
+def channel_weights(y0: torch.Tensor, balance: float, image_channels: int,
+                    parts: tuple[int, ...] | None = None) -> torch.Tensor | None:
+    """(1, image_channels + M, 1, 1) weight of each channel of a joint [image, mask] output: 1 for the
+    image channels, f_c ** -balance for mask channel c, f_c the share of class c among all the batch's
+    clean-mask pixels, scaled so that sum_c f_c w_c = 1 (a pixel's own class channel weighs 1 on
+    average, as under `pixel_weights`). A class absent from the batch weighs 1. None for balance 0.
+    With `parts` (row counts summing to B: batches of their own in one forward) each part gets the
+    weights of its own rows, (B, image_channels + M, 1, 1).
+
+    Why not `pixel_weights`: a weight that depends on the clean label at the pixel changes what the
+    loss is minimised by, E[w y0 | y_k] / E[w | y_k] instead of E[y0 | y_k]; where the denoiser is
+    unsure, pixels are pulled towards the up-weighted (foreground) classes and the generated
+    foreground grows (brats-t1 at 2x its real share, and a segmentor trained on that replay
+    over-segments: BENCHMARKS.md section 4d). A weight that is constant over the batch's pixels keeps
+    every channel's minimiser at its conditional mean and still gives small classes more of the loss."""
+    if balance == 0:
+        return None
+    if parts is not None:
+        return torch.cat([channel_weights(y, balance, image_channels).expand(len(y), -1, -1, -1)
+                          for y in y0.split(list(parts))])
+    frac = F.one_hot(y0.argmax(1), y0.shape[1]).flatten(0, 2).float().mean(0)      # (M,)
+    present = frac > 0
+    raw = torch.where(present, frac.clamp_min(1e-12).pow(-float(balance)), torch.ones_like(frac))
+    w_mask = raw / (frac * raw).sum()
+    w_mask = torch.where(present, w_mask, torch.ones_like(w_mask))
+    w = torch.cat([torch.ones(image_channels, device=y0.device), w_mask])
+    return w.view(1, -1, 1, 1)
+
+
+def mask_weights(y0: torch.Tensor, cfg: DiffusionConfig, image_channels: int,
+                 parts: tuple[int, ...] | None = None) -> torch.Tensor | None:
+    """The weights of cfg.mask_balance as `cfg.mask_balance_by` spreads them: per pixel
+    (`pixel_weights`, (B, 1, H, W); per sample, so `parts` changes nothing) or per mask channel
+    (`channel_weights`, by the shares of the batch or of each part)."""
+    if cfg.mask_balance_by == "channel":
+        return channel_weights(y0, cfg.mask_balance, image_channels, parts)
+    return pixel_weights(y0, cfg.mask_balance)
+
+
 def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, reduce: bool = True,
                   pixels: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over samples of w_i times sample i's mean squared error; with w = 1 the plain MSE.
-    `pixels` (B, 1, H, W) weights each pixel's error in every channel (`pixel_weights`).
+    `pixels` weights the squared errors by broadcasting: (B, 1, H, W) each pixel in every channel
+    (`pixel_weights`), (1, C, 1, 1) each channel (`channel_weights`).
     reduce=False: the (B,) terms w_i * mse_i before the mean."""
     err = (pred.float() - tgt.float()).pow(2)
     if pixels is not None:
@@ -139,12 +179,14 @@ def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> tor
 
 def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              generator: torch.Generator | None = None, draws: NoiseDraws | None = None,
-             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None, reduce: bool = True) -> JointLoss:
+             cfg: DiffusionConfig | None = None, teacher: Teacher | None = None, reduce: bool = True,
+             parts: tuple[int, ...] | None = None) -> JointLoss:
     """Naive joint diffusion, eq. (1): || [eps_x, eps_y] - eps_theta([x_k, y_k], k) ||^2.
 
     The squared norm is the mean squared error over all elements (batch, channels, pixels). With
     cfg.prediction = "v" the target is [v_x, v_y]; cfg.loss_weighting weights each sample's error
-    by its timestep (`snr_weights`), cfg.mask_balance > 0 each pixel by its class in y0 (`pixel_weights`).
+    by its timestep (`snr_weights`), cfg.mask_balance > 0 each pixel by its class in y0 (`pixel_weights`)
+    or each mask channel by its class's share of the batch (`channel_weights`), as cfg.mask_balance_by says.
     cfg defaults to DiffusionConfig() (eps, uniform, every pixel alike: eq. 1 as written).
     reduce=False: `total` is the (B,) per-sample loss whose mean is the loss (batches of several
     parts in one forward, methods/coupled.py).
@@ -159,14 +201,14 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     if teacher is not None:
         (tgt,) = _with_teacher([tgt], teacher, [torch.cat([xk, yk], 1)], d.k)
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
-    loss = _weighted_mse(pred, tgt, w, reduce, pixel_weights(y0, cfg.mask_balance))
+    loss = _weighted_mse(pred, tgt, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts))
     return JointLoss(loss, {"joint": loss.detach().mean()})
 
 
 def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor, scheduler,
              batched: bool = True, generator: torch.Generator | None = None,
              draws: NoiseDraws | None = None, cfg: DiffusionConfig | None = None,
-             teacher: Teacher | None = None, reduce: bool = True) -> JointLoss:
+             teacher: Teacher | None = None, reduce: bool = True, parts: tuple[int, ...] | None = None) -> JointLoss:
     """Bayesian joint diffusion, eq. (3): the joint term of eq. (1) plus two conditional terms
 
         || [eps_x, 0] - eps_theta([x_k, y_0], k) ||^2    image denoised with the clean mask as reference
@@ -181,8 +223,8 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     -sqrt(1 - abar_k) * clean: the same definition as for a noisy part, and the direct analogue of
     eq. 3's zero under eps. (The other reading, "a v that the sampler would decode into eps = 0",
     is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
-    The per-sample weights of cfg.loss_weighting and the pixel weights of cfg.mask_balance (from the clean
-    mask y0, `pixel_weights`) apply to all three terms alike. With a `teacher`
+    The per-sample weights of cfg.loss_weighting and the weights of cfg.mask_balance (from the clean
+    mask y0, `mask_weights`) apply to all three terms alike. With a `teacher`
     the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
     reduce=False: `total` is the (B,) per-sample sum of the three terms (see `njd_loss`).
     """
@@ -204,7 +246,7 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     names = ("joint", "image_given_mask", "mask_given_image")
-    pixels = pixel_weights(y0, cfg.mask_balance)
+    pixels = mask_weights(y0, cfg, x0.shape[1], parts)
     terms = {n: _weighted_mse(p, t, w, reduce, pixels) for n, p, t in zip(names, preds, targets)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
     return JointLoss(total, {n: v.detach().mean() for n, v in terms.items()})
@@ -228,13 +270,15 @@ def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, sche
 
 
 def joint_loss(cfg: DiffusionConfig, denoiser, x0, y0, prompt, scheduler, generator=None,
-               teacher: Teacher | None = None, draws: NoiseDraws | None = None, reduce: bool = True) -> JointLoss:
-    """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1), under cfg's recipe."""
+               teacher: Teacher | None = None, draws: NoiseDraws | None = None, reduce: bool = True,
+               parts: tuple[int, ...] | None = None) -> JointLoss:
+    """The loss named by `cfg.objective`: "bjd" (eq. 3, batched) or "njd" (eq. 1), under cfg's recipe.
+    `parts`: row counts of batches sharing one forward (see `channel_weights`)."""
     if cfg.objective == "bjd":
         return bjd_loss(denoiser, x0, y0, prompt, scheduler, batched=True, generator=generator, cfg=cfg,
-                        teacher=teacher, draws=draws, reduce=reduce)
+                        teacher=teacher, draws=draws, reduce=reduce, parts=parts)
     if cfg.objective == "njd":
         return njd_loss(denoiser, x0, y0, prompt, scheduler, generator=generator, cfg=cfg, teacher=teacher,
-                        draws=draws, reduce=reduce)
+                        draws=draws, reduce=reduce, parts=parts)
     raise ValueError(f"DiffusionConfig.objective: unknown {cfg.objective!r}; allowed: ['bjd', 'njd']")
 

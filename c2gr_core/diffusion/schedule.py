@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from ..config import PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS, DiffusionConfig
+from ..config import MASK_BALANCE_BY, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS, DiffusionConfig
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm") -> DDPMScheduler | DDIMScheduler:
     """MONAI scheduler with K = cfg.num_train_timesteps steps of cfg.schedule (sec. 4.2: K = 1000).
@@ -45,6 +45,8 @@ def check_recipe(cfg: DiffusionConfig) -> None:
     mb = cfg.mask_balance
     if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb <= 1:
         raise ValueError(f"DiffusionConfig.mask_balance must be a number in [0, 1] (0: every pixel alike), got {mb!r}")
+    if cfg.mask_balance_by not in MASK_BALANCE_BY:
+        raise ValueError(f"DiffusionConfig.mask_balance_by: unknown {cfg.mask_balance_by!r}; allowed: {list(MASK_BALANCE_BY)}")
 
 
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

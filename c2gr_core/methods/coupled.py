@@ -84,7 +84,7 @@ class C2GRModel(nn.Module):
         draws = [draw_noise(xp, yp, k) for xp, yp in zip(x.split(parts), y0.split(parts))]
         draws = NoiseDraws(*(torch.cat([getattr(d, f) for d in draws]) for f in ("k", "eps_x", "eps_y")))
         per_sample = joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher,
-                                draws=draws, reduce=False).total
+                                draws=draws, reduce=False, parts=tuple(parts)).total
         return [p.mean() for p in per_sample.split(parts)]
 
 

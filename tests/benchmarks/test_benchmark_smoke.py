@@ -150,6 +150,26 @@ def test_replay_drift_reads_every_round_of_a_run(table, tmp_path):
     assert run["drift"][0] == [None, None] and 0 <= run["drift"][1][0] <= 1 and run["drift"][1][1] is None
 
 
+def test_foreground_share_of_replay_and_segmentor(table, tmp_path):
+    out, _ = table
+    r = script("foreground_share").main([str(out / "runs" / "c2gr-s0"), "--out", str(tmp_path / "fg.json")])
+    (run,) = r["runs"].values()
+    assert run["replay_share"][0] == [None, None] and run["replay_share"][1][1] is None
+    assert 0 <= run["replay_share"][1][0] <= 1 and all(0 < s < 1 for s in run["train_share"])
+    last = run["segmentor"][1]                       # the run keeps its last round's checkpoint
+    assert set(last) == set(run["tasks"])
+    assert all(0 <= v <= 1 for scores in last.values() for v in scores.values())
+    assert json.loads((tmp_path / "fg.json").read_text())["runs"].keys() == r["runs"].keys()
+
+
+def test_foreground_share_pixel_scores_hand_worked():
+    import numpy as np
+    pred = np.array([[2, 1, 0, 0], [0, 0, 0, 0]])     # 2 predicted, 1 of them right
+    true = np.array([[1, 0, 0, 0], [0, 0, 0, 3]])     # 2 true
+    s = script("foreground_share").pixel_scores(pred, true)
+    assert s == {"pred_share": 0.25, "true_share": 0.25, "precision": 0.5, "recall": 0.5}
+
+
 def test_mask_source_relabels_c2gr_replay_with_the_segmentor(table, tmp_path):
     out, _ = table
     r = script("mask_source").main(["--quick", "--runs", str(out / "runs"), "--out", str(tmp_path)])

@@ -540,6 +540,7 @@ PROBES: dict[str, Probe] = {
     "diffusion.ema_decay": Changes(0.0, observe=replay_weights),
     "diffusion.replay_target": Changes("teacher", observe=loss_on_replay),
     "diffusion.mask_balance": Changes(0.0, observe=diffusion_loss_of_zero_denoiser),
+    "diffusion.mask_balance_by": Changes("channel", observe=diffusion_loss_of_zero_denoiser),
     # ---- prompt
     "prompt.encoder": Changes("minilm", observe=task_embeddings),
     "prompt.open_clip_model": Changes("ViT-S-32", setup=_open_clip_missing_file, observe=run_start,

@@ -100,16 +100,19 @@ def test_stratified_replay_batch_matches_the_1_over_t_minus_1_average(emb):
     assert torch.allclose(pooled, sum(per_set) / len(per_set), atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["bjd", "njd"])
-def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective):
+@pytest.mark.parametrize("objective, balance_by", [("bjd", "pixel"), ("njd", "pixel"), ("bjd", "channel"),
+                                                   ("njd", "channel")])
+def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by):
     """coupled_loss runs current + replay through each network at once; the reference below is the
     plain per-batch computation (one segmentor and one denoiser forward per batch, noise drawn batch
-    by batch, the replay batch distilled from a teacher)."""
+    by batch, the replay batch distilled from a teacher). Class-balanced weights by channel take
+    each batch's own class shares, as separate forwards would."""
     from c2gr_core.diffusion import Teacher, joint_loss
     from c2gr_core.losses import seg_loss
 
     m, sched = model(emb)
     m.objective = m.diffusion_cfg.objective = objective
+    m.diffusion_cfg.mask_balance, m.diffusion_cfg.mask_balance_by = 0.5, balance_by
     teacher = (C2GRModel(preset("tiny"), c_max=3, emb=emb).denoiser.eval(), torch.randn(2, m.prompt.node_dim))
     cur, rep = batch(1, n=3, seed=1), batch(0, n=2, seed=2)
     torch.manual_seed(7)

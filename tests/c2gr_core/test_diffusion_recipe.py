@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig
-from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, pixel_weights, reverse_chain, sample_pairs, snr_weights, x0_and_eps
+from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, pixel_weights, channel_weights, reverse_chain, sample_pairs, snr_weights, x0_and_eps
 from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
 
 V_MIN_SNR = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)
@@ -218,7 +218,8 @@ def test_ema_follows_the_exponential_average_by_hand():
 
 @pytest.mark.parametrize("field, value", [("prediction", "x0"), ("loss_weighting", "p2"), ("snr_gamma", 0),
                                           ("ema_decay", 1.0), ("ema_decay", True), ("mask_balance", 1.5),
-                                          ("mask_balance", -0.1), ("mask_balance", True), ("mask_balance", "0.5")])
+                                          ("mask_balance", -0.1), ("mask_balance", True), ("mask_balance", "0.5"),
+                                          ("mask_balance_by", "class")])
 def test_bad_recipe_is_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_scheduler(DiffusionConfig(**{field: value}))
@@ -310,6 +311,72 @@ def test_njd_and_bjd_weight_every_term_by_the_clean_mask_pixels():
     plain = bjd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey),
                      cfg=DiffusionConfig(prediction="v", loss_weighting="min_snr"))
     assert abs(plain.total.item() - bjd.total.item()) > 1e-3 * plain.total.item()
+
+
+def test_channel_weights_hand_worked():
+    """The mask of `_labels_8_2` (shares 0.8 / 0.2, class 2 absent) as a batch: raw 0.8^-0.5 and 0.2^-0.5
+    (ratio 2), sum_c f_c raw_c = 0.8 * 1 + 0.2 * 2 = 1.2 in units of the background's raw weight, so
+    5/6 and 5/3 (the same numbers as per pixel); the absent class 1; the three image channels 1."""
+    w = channel_weights(MaskCodec(3).encode(_labels_8_2()), 0.5, image_channels=3)
+    assert w.shape == (1, 6, 1, 1)
+    assert torch.allclose(w.flatten(), torch.tensor([1, 1, 1, 5 / 6, 5 / 3, 1.0]), rtol=1e-6)
+    assert channel_weights(MaskCodec(3).encode(_labels_8_2()), 0, image_channels=3) is None
+
+
+def test_channel_weights_pool_the_whole_batch_by_a_loop():
+    g = torch.Generator().manual_seed(17)
+    labels = torch.randint(0, M, (B, H, H), generator=g)
+    labels[:, :5] = 0
+    w = channel_weights(MaskCodec(M).encode(labels), 0.5, image_channels=3).flatten()
+    counts = [sum(int(v == c) for lab in labels for row in lab for v in row) for c in range(M)]
+    n = sum(counts)
+    raw = [(cnt / n) ** -0.5 if cnt else None for cnt in counts]
+    norm = sum(cnt / n * r for cnt, r in zip(counts, raw) if r is not None)
+    expected = [1.0, 1.0, 1.0] + [r / norm if r is not None else 1.0 for r in raw]
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_channel_weights_keep_the_minimiser_at_the_mean_pixel_weights_do_not():
+    """The best constant output for a mask channel under the weighted squared error: with per-channel
+    weights the plain mean of the targets (gradient 0 there), with per-pixel weights by the clean
+    class a mean pulled towards the up-weighted class (the generated foreground's growth)."""
+    labels = _labels_8_2().repeat(2, 1, 1)
+    y0 = MaskCodec(3).encode(labels)
+    mean = y0.mean(dim=(0, 2, 3), keepdim=True).expand_as(y0).clone().requires_grad_(True)
+    by_channel = channel_weights(y0, 0.5, image_channels=0)
+    for weights, zero in ((by_channel, True), (pixel_weights(y0, 0.5), False)):
+        (grad,) = torch.autograd.grad(((mean - y0).pow(2) * weights).mean(), mean)
+        per_channel = grad.sum(dim=(0, 2, 3))
+        assert (per_channel.abs().max().item() < 1e-6) == zero, (zero, per_channel)
+
+
+def test_njd_and_bjd_weight_every_channel_by_the_batch_shares():
+    """mask_balance_by "channel": every term's squared error, channel c times channel_weights' w_c
+    (by the hand loop above, through `hand_pixel_loss` with the channel weight folded in)."""
+    x0, _, prompt = _pair(12)
+    g = torch.Generator().manual_seed(19)
+    labels = torch.randint(0, M, (B, H, H), generator=g)
+    labels[:, :6] = 0
+    y0 = MaskCodec(M).encode(labels)
+    k = torch.tensor([5, 300, 900])
+    ex, ey = torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g)
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5, mask_balance_by="channel")
+    sched = make_scheduler(cfg)
+    counts = [int((labels == c).sum()) for c in range(M)]
+    raw = [(c / labels.numel()) ** -0.5 if c else None for c in counts]
+    norm = sum(c / labels.numel() * r for c, r in zip(counts, raw) if r is not None)
+    wc = [1.0] * x0.shape[1] + [r / norm if r is not None else 1.0 for r in raw]
+    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
+    inp = torch.cat([xk, yk], 1)
+    tgt = torch.cat([hand_v(x0, ex, k), hand_v(y0, ey, k)], 1)
+    scale = torch.tensor(wc).sqrt().view(1, -1, 1, 1)     # w (p - t)^2 = (sqrt(w) p - sqrt(w) t)^2
+    ones = [[[1.0] * H for _ in range(H)] for _ in range(B)]
+    njd = njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    assert njd.total.item() == pytest.approx(
+        hand_pixel_loss((0.5 * inp + 0.1) * scale, tgt * scale, k, ones, "v", "min_snr"), rel=1e-5)
+    pix = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5)
+    assert abs(njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=pix).total.item()
+               - njd.total.item()) > 1e-3 * njd.total.item()
 
 
 # ------------------------------------------------------------------- replay distillation
