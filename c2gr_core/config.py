@@ -22,7 +22,7 @@ MASK_CODES = ("onehot",)
 PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("uniform", "min_snr")
 REPLAY_TARGETS = ("data", "teacher")
-MASK_BALANCE_BY = ("pixel", "channel")
+MASK_BALANCE_BY = ("pixel", "channel", "mixed")
 ENCODERS = ("minilm", "open_clip", "hash")
 RELATION_NORMS = ("none", "row")
 
@@ -82,8 +82,9 @@ class DiffusionConfig:
     # (mean 1 per pair; diffusion/losses.py pixel_weights). 0: every pixel alike, eq. 1 / 3 as written.
     mask_balance: float = 0.0
     # How those weights are spread: "pixel" (each pixel by its own class: biased towards the up-weighted
-    # classes, generated foreground too large) or "channel" (each mask channel by its class's share of
-    # the batch; the minimiser stays the conditional mean). diffusion/losses.py channel_weights.
+    # classes, generated foreground too large), "channel" (each mask channel by its class's share of
+    # the batch; the minimiser stays the conditional mean) or "mixed" (per pixel where the clean mask is
+    # the denoiser's input, BJD's image-given-mask term; per channel elsewhere). diffusion/losses.py mask_weights.
     mask_balance_by: str = "pixel"
 
 

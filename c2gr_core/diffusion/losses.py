@@ -78,11 +78,14 @@ def channel_weights(y0: torch.Tensor, balance: float, image_channels: int,
 
 
 def mask_weights(y0: torch.Tensor, cfg: DiffusionConfig, image_channels: int,
-                 parts: tuple[int, ...] | None = None) -> torch.Tensor | None:
-    """The weights of cfg.mask_balance as `cfg.mask_balance_by` spreads them: per pixel
-    (`pixel_weights`, (B, 1, H, W); per sample, so `parts` changes nothing) or per mask channel
-    (`channel_weights`, by the shares of the batch or of each part)."""
-    if cfg.mask_balance_by == "channel":
+                 parts: tuple[int, ...] | None = None, mask_given: bool = False) -> torch.Tensor | None:
+    """The weights of cfg.mask_balance as `cfg.mask_balance_by` spreads them over a term's error:
+    "pixel": per pixel (`pixel_weights`, (B, 1, H, W); per sample, so `parts` changes nothing);
+    "channel": per mask channel (`channel_weights`, by the shares of the batch or of each part);
+    "mixed": per pixel in a term whose input holds the clean mask (`mask_given`: BJD's image-given-mask
+    term), per channel elsewhere. Where the clean mask is an input, a weight computed from it is a
+    function of what the denoiser sees and moves no minimiser; where the mask is noised it would."""
+    if cfg.mask_balance_by == "channel" or (cfg.mask_balance_by == "mixed" and not mask_given):
         return channel_weights(y0, cfg.mask_balance, image_channels, parts)
     return pixel_weights(y0, cfg.mask_balance)
 
@@ -246,8 +249,9 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     names = ("joint", "image_given_mask", "mask_given_image")
-    pixels = mask_weights(y0, cfg, x0.shape[1], parts)
-    terms = {n: _weighted_mse(p, t, w, reduce, pixels) for n, p, t in zip(names, preds, targets)}
+    given = (False, True, False)     # the clean mask is an input of the image-given-mask term only
+    terms = {n: _weighted_mse(p, t, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, g))
+             for n, p, t, g in zip(names, preds, targets, given)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
     return JointLoss(total, {n: v.detach().mean() for n, v in terms.items()})
 

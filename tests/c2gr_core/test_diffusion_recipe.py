@@ -350,9 +350,11 @@ def test_channel_weights_keep_the_minimiser_at_the_mean_pixel_weights_do_not():
         assert (per_channel.abs().max().item() < 1e-6) == zero, (zero, per_channel)
 
 
-def test_njd_and_bjd_weight_every_channel_by_the_batch_shares():
-    """mask_balance_by "channel": every term's squared error, channel c times channel_weights' w_c
-    (by the hand loop above, through `hand_pixel_loss` with the channel weight folded in)."""
+@pytest.mark.parametrize("balance_by", ["channel", "mixed"])
+def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
+    """"channel": every term's squared error, channel c times w_c of the batch's class shares (computed
+    here by counting); "mixed": the same, except BJD's image-given-mask term (clean mask in its input),
+    which keeps the per-pixel weights of `_hand_pix`."""
     x0, _, prompt = _pair(12)
     g = torch.Generator().manual_seed(19)
     labels = torch.randint(0, M, (B, H, H), generator=g)
@@ -360,22 +362,39 @@ def test_njd_and_bjd_weight_every_channel_by_the_batch_shares():
     y0 = MaskCodec(M).encode(labels)
     k = torch.tensor([5, 300, 900])
     ex, ey = torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g)
-    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5, mask_balance_by="channel")
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5, mask_balance_by=balance_by)
     sched = make_scheduler(cfg)
     counts = [int((labels == c).sum()) for c in range(M)]
     raw = [(c / labels.numel()) ** -0.5 if c else None for c in counts]
     norm = sum(c / labels.numel() * r for c, r in zip(counts, raw) if r is not None)
     wc = [1.0] * x0.shape[1] + [r / norm if r is not None else 1.0 for r in raw]
-    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
-    inp = torch.cat([xk, yk], 1)
-    tgt = torch.cat([hand_v(x0, ex, k), hand_v(y0, ey, k)], 1)
     scale = torch.tensor(wc).sqrt().view(1, -1, 1, 1)     # w (p - t)^2 = (sqrt(w) p - sqrt(w) t)^2
     ones = [[[1.0] * H for _ in range(H)] for _ in range(B)]
+
+    def by_channel(pred, tgt):
+        return hand_pixel_loss(pred * scale, tgt * scale, k, ones, "v", "min_snr")
+
+    xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
+    vx, vy = hand_v(x0, ex, k), hand_v(y0, ey, k)
+    inp = torch.cat([xk, yk], 1)
     njd = njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
-    assert njd.total.item() == pytest.approx(
-        hand_pixel_loss((0.5 * inp + 0.1) * scale, tgt * scale, k, ones, "v", "min_snr"), rel=1e-5)
-    pix = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5)
-    assert abs(njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=pix).total.item()
+    assert njd.total.item() == pytest.approx(by_channel(0.5 * inp + 0.1, torch.cat([vx, vy], 1)), rel=1e-5)
+
+    bjd = bjd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
+    cx = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * x0[i] for i, ki in enumerate(k)])
+    cy = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * y0[i] for i, ki in enumerate(k)])
+    pix = _hand_pix(labels, 0.5)
+    cases = [("joint", inp, torch.cat([vx, vy], 1), False),
+             ("image_given_mask", torch.cat([xk, y0], 1), torch.cat([vx, cy], 1), True),
+             ("mask_given_image", torch.cat([x0, yk], 1), torch.cat([cx, vy], 1), False)]
+    for name, i, t, mask_given in cases:
+        if balance_by == "mixed" and mask_given:
+            expected = hand_pixel_loss(0.5 * i + 0.1, t, k, pix, "v", "min_snr")
+        else:
+            expected = by_channel(0.5 * i + 0.1, t)
+        assert bjd.terms[name].item() == pytest.approx(expected, rel=1e-5), name
+    per_pixel = DiffusionConfig(prediction="v", loss_weighting="min_snr", mask_balance=0.5)
+    assert abs(njd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=per_pixel).total.item()
                - njd.total.item()) > 1e-3 * njd.total.item()
 
 
