@@ -61,7 +61,7 @@ def channel_weights(y0: torch.Tensor, balance: float, image_channels: int,
     loss is minimised by, E[w y0 | y_k] / E[w | y_k] instead of E[y0 | y_k]; where the denoiser is
     unsure, pixels are pulled towards the up-weighted (foreground) classes and the generated
     foreground grows (brats-t1 at 2x its real share, and a segmentor trained on that replay
-    over-segments: BENCHMARKS.md section 4d). A weight that is constant over the batch's pixels keeps
+    over-segments: BENCHMARKS.md section 4e). A weight that is constant over the batch's pixels keeps
     every channel's minimiser at its conditional mean and still gives small classes more of the loss."""
     if balance == 0:
         return None
@@ -227,7 +227,8 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     eq. 3's zero under eps. (The other reading, "a v that the sampler would decode into eps = 0",
     is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
     The per-sample weights of cfg.loss_weighting and the weights of cfg.mask_balance (from the clean
-    mask y0, `mask_weights`) apply to all three terms alike. With a `teacher`
+    mask y0, `mask_weights`) apply to all three terms; under mask_balance_by "mixed" the
+    image-given-mask term takes them per pixel, the other two per channel. With a `teacher`
     the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
     reduce=False: `total` is the (B,) per-sample sum of the three terms (see `njd_loss`).
     """
