@@ -291,6 +291,11 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
+def _members(hint: Any) -> tuple:
+    """The types a union annotation admits (the annotation itself if it is no union)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(h) for h in typing.get_args(hint))
@@ -405,19 +410,19 @@ def apply_overrides(cfg, items: list[str]):
         names = [f.name for f in fields(sec)]
         if field not in names:
             raise ValueError(f"--set {item!r}: unknown key {field!r} in {section}; keys: {names}")
-        old = getattr(sec, field)
+        # Typed by the field's annotation, not by its current value: `train.amp_bf16` (bool | str) holds
+        # "auto" in bench and must still take false.
+        hint = typing.get_type_hints(type(sec))[field]
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        if isinstance(old, tuple) and isinstance(value, list):
+        if isinstance(value, list) and _type_ok(tuple(value), hint):
             value = tuple(value)
-        elif isinstance(old, bool) and not isinstance(value, bool):
-            raise ValueError(f"--set {item!r}: {key} is a boolean (true/false)")
-        elif isinstance(old, float) and isinstance(value, int):
+        elif type(value) is int and float in _members(hint) and int not in _members(hint):
             value = float(value)
-        elif old is not None and not isinstance(value, type(old)):
-            raise ValueError(f"--set {item!r}: {key} must be {type(old).__name__}, got {raw!r}")
+        if not _type_ok(value, hint):
+            raise ValueError(f"--set {item!r}: {key} must be {_type_name(hint)}, got {raw!r}")
         setattr(sec, field, value)
     return validate(cfg)  # ranges and allowed values, named by section.key
 

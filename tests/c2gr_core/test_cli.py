@@ -1,5 +1,6 @@
 """The `c2gr` command line: every subcommand on tiny inputs, and its error messages."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_run_then_report(tmp_path, capsys):
     (["run", "--stream", "synthetic-paper-20", "--method", "c2gr", "--out", "x", "--set", "train.epoch=2"],
      "keys: \\['epochs'"),
     (["run", "--stream", "synthetic-paper-20", "--method", "c2gr", "--out", "x", "--set", "train.epochs=abc"],
-     "must be int"),
+     "train.epochs must be an integer"),
     (["report", "does-not-exist"], "not a run directory"),
 ])
 def test_bad_parameters_get_clear_errors(tmp_path, monkeypatch, capsys, args, message):
@@ -43,6 +44,23 @@ def test_bad_parameters_get_clear_errors(tmp_path, monkeypatch, capsys, args, me
     assert main(args) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_set_is_typed_by_the_field_annotation_not_the_current_value():
+    from c2gr_core.config import preset
+    from c2gr_core.interface.cli import apply_overrides
+    bench = preset("bench")
+    assert bench.train.amp_bf16 == "auto"  # a str now; false must still be accepted (bool | str)
+    assert apply_overrides(preset("bench"), ["train.amp_bf16=false"]).train.amp_bf16 is False
+    assert apply_overrides(preset("tiny"), ["train.amp_bf16=auto"]).train.amp_bf16 == "auto"
+    cfg = apply_overrides(preset("tiny"), ["train.lr=1", "segmentor.channels=[4,8]", "train.gen_epochs=null"])
+    assert type(cfg.train.lr) is float and cfg.segmentor.channels == (4, 8) and cfg.train.gen_epochs is None
+    for item, message in [("train.epochs=true", "train.epochs must be an integer"),
+                          ("train.epochs=1.5", "train.epochs must be an integer"),
+                          ("train.amp_bf16=3", "train.amp_bf16 must be true or false or a string"),
+                          ("segmentor.channels=[4,true]", "segmentor.channels must be a list of integers")]:
+        with pytest.raises(ValueError, match=re.escape(f"--set {item!r}: {message}")):
+            apply_overrides(preset("tiny"), [item])
 
 
 def test_prepare_a_2d_dataset(tmp_path, capsys):
