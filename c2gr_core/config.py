@@ -22,7 +22,7 @@ MASK_CODES = ("onehot",)
 PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("uniform", "min_snr")
 REPLAY_TARGETS = ("data", "teacher")
-MASK_BALANCE_BY = ("pixel", "channel", "mixed")
+MASK_BALANCE_BY = ("pixel", "channel", "mixed", "timestep")
 ENCODERS = ("minilm", "open_clip", "hash")
 RELATION_NORMS = ("none", "row")
 
@@ -84,7 +84,9 @@ class DiffusionConfig:
     # How those weights are spread: "pixel" (each pixel by its own class: biased towards the up-weighted
     # classes, generated foreground too large), "channel" (each mask channel by its class's share of
     # the batch; the minimiser stays the conditional mean) or "mixed" (per pixel where the clean mask is
-    # the denoiser's input, BJD's image-given-mask term; per channel elsewhere). diffusion/losses.py mask_weights.
+    # the denoiser's input, BJD's image-given-mask term; per channel elsewhere) or "timestep" (as "mixed", but
+    # a noised mask's weights go from per channel at high noise to per pixel at low noise, by abar_k).
+    # diffusion/losses.py mask_weights.
     mask_balance_by: str = "pixel"
 
 

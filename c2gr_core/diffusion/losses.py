@@ -78,16 +78,29 @@ def channel_weights(y0: torch.Tensor, balance: float, image_channels: int,
 
 
 def mask_weights(y0: torch.Tensor, cfg: DiffusionConfig, image_channels: int,
-                 parts: tuple[int, ...] | None = None, mask_given: bool = False) -> torch.Tensor | None:
+                 parts: tuple[int, ...] | None = None, mask_given: bool = False,
+                 abar: torch.Tensor | None = None) -> torch.Tensor | None:
     """The weights of cfg.mask_balance as `cfg.mask_balance_by` spreads them over a term's error:
     "pixel": per pixel (`pixel_weights`, (B, 1, H, W); per sample, so `parts` changes nothing);
     "channel": per mask channel (`channel_weights`, by the shares of the batch or of each part);
     "mixed": per pixel in a term whose input holds the clean mask (`mask_given`: BJD's image-given-mask
     term), per channel elsewhere. Where the clean mask is an input, a weight computed from it is a
-    function of what the denoiser sees and moves no minimiser; where the mask is noised it would."""
-    if cfg.mask_balance_by == "channel" or (cfg.mask_balance_by == "mixed" and not mask_given):
-        return channel_weights(y0, cfg.mask_balance, image_channels, parts)
-    return pixel_weights(y0, cfg.mask_balance)
+    function of what the denoiser sees and moves no minimiser; where the mask is noised it would.
+    "timestep": as "mixed", but where the mask is noised each sample blends the two by its abar_k
+    ((B, 1, 1, 1), required): abar_k * per pixel + (1 - abar_k) * per channel. The per-pixel bias
+    scales with how unsure the clean class is given y_k: large at high noise (abar_k -> 0, where the
+    blend is per channel), vanishing at low noise (abar_k -> 1, where it is per pixel and the small
+    classes' outlines get their weight)."""
+    by = cfg.mask_balance_by
+    if by == "pixel" or (by in ("mixed", "timestep") and mask_given):
+        return pixel_weights(y0, cfg.mask_balance)
+    per_channel = channel_weights(y0, cfg.mask_balance, image_channels, parts)
+    if by in ("channel", "mixed") or per_channel is None:
+        return per_channel
+    if abar is None:
+        raise ValueError('mask_weights: mask_balance_by "timestep" needs each sample\'s abar_k')
+    s = abar.reshape(-1, 1, 1, 1).float()
+    return s * pixel_weights(y0, cfg.mask_balance) + (1 - s) * per_channel
 
 
 def _weighted_mse(pred: torch.Tensor, tgt: torch.Tensor, w: torch.Tensor, reduce: bool = True,
@@ -204,7 +217,7 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     if teacher is not None:
         (tgt,) = _with_teacher([tgt], teacher, [torch.cat([xk, yk], 1)], d.k)
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
-    loss = _weighted_mse(pred, tgt, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts))
+    loss = _weighted_mse(pred, tgt, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, abar=a))
     return JointLoss(loss, {"joint": loss.detach().mean()})
 
 
@@ -228,7 +241,7 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     is -sqrt((1 - abar_k) / abar_k) * clean: 160x the data at k = 999, which would swamp the loss.)
     The per-sample weights of cfg.loss_weighting and the weights of cfg.mask_balance (from the clean
     mask y0, `mask_weights`) apply to all three terms; under mask_balance_by "mixed" the
-    image-given-mask term takes them per pixel, the other two per channel. With a `teacher`
+    image-given-mask term takes them per pixel, the other two per channel ("timestep": blended by abar_k). With a `teacher`
     the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
     reduce=False: `total` is the (B,) per-sample sum of the three terms (see `njd_loss`).
     """
@@ -251,7 +264,7 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
     names = ("joint", "image_given_mask", "mask_given_image")
     given = (False, True, False)     # the clean mask is an input of the image-given-mask term only
-    terms = {n: _weighted_mse(p, t, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, g))
+    terms = {n: _weighted_mse(p, t, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, g, a))
              for n, p, t, g in zip(names, preds, targets, given)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
     return JointLoss(total, {n: v.detach().mean() for n, v in terms.items()})

@@ -101,7 +101,7 @@ def test_stratified_replay_batch_matches_the_1_over_t_minus_1_average(emb):
 
 
 @pytest.mark.parametrize("objective, balance_by", [("bjd", "pixel"), ("njd", "pixel"), ("bjd", "channel"),
-                                                   ("njd", "channel")])
+                                                   ("njd", "channel"), ("bjd", "timestep")])
 def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by):
     """coupled_loss runs current + replay through each network at once; the reference below is the
     plain per-batch computation (one segmentor and one denoiser forward per batch, noise drawn batch

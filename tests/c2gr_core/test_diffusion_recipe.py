@@ -350,11 +350,25 @@ def test_channel_weights_keep_the_minimiser_at_the_mean_pixel_weights_do_not():
         assert (per_channel.abs().max().item() < 1e-6) == zero, (zero, per_channel)
 
 
-@pytest.mark.parametrize("balance_by", ["channel", "mixed"])
+def hand_weighted_loss(preds, targets, k, weight) -> float:
+    """(1/B) sum_i w(k_i) * (1 / n_i) sum over channels and pixels of weight(i, ch, r, c) (pred - target)^2."""
+    total = 0.0
+    for i, ki in enumerate(k):
+        s = 0.0
+        for ch in range(preds.shape[1]):
+            for r in range(preds.shape[2]):
+                for c in range(preds.shape[3]):
+                    s += weight(i, ch, r, c) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
+        total += hand_weight(int(ki), "v", "min_snr") * s / preds[i].numel()
+    return total / len(k)
+
+
+@pytest.mark.parametrize("balance_by", ["channel", "mixed", "timestep"])
 def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
     """"channel": every term's squared error, channel c times w_c of the batch's class shares (computed
     here by counting); "mixed": the same, except BJD's image-given-mask term (clean mask in its input),
-    which keeps the per-pixel weights of `_hand_pix`."""
+    which keeps the per-pixel weights of `_hand_pix`; "timestep": as "mixed", but where the mask is
+    noised sample i's weight is abar_{k_i} * its pixel weight + (1 - abar_{k_i}) * the channel weight."""
     x0, _, prompt = _pair(12)
     g = torch.Generator().manual_seed(19)
     labels = torch.randint(0, M, (B, H, H), generator=g)
@@ -371,7 +385,14 @@ def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
     scale = torch.tensor(wc).sqrt().view(1, -1, 1, 1)     # w (p - t)^2 = (sqrt(w) p - sqrt(w) t)^2
     ones = [[[1.0] * H for _ in range(H)] for _ in range(B)]
 
+    pix = _hand_pix(labels, 0.5)
+
     def by_channel(pred, tgt):
+        if balance_by == "timestep":
+            def blend(i, ch, r, c):
+                a = ABAR[int(k[i])]
+                return a * pix[i][r][c] + (1 - a) * wc[ch]
+            return hand_weighted_loss(pred, tgt, k, blend)
         return hand_pixel_loss(pred * scale, tgt * scale, k, ones, "v", "min_snr")
 
     xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
@@ -383,12 +404,11 @@ def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
     bjd = bjd_loss(Recorder(), x0, y0, prompt, sched, draws=NoiseDraws(k, ex, ey), cfg=cfg)
     cx = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * x0[i] for i, ki in enumerate(k)])
     cy = torch.stack([-math.sqrt(1 - ABAR[int(ki)]) * y0[i] for i, ki in enumerate(k)])
-    pix = _hand_pix(labels, 0.5)
     cases = [("joint", inp, torch.cat([vx, vy], 1), False),
              ("image_given_mask", torch.cat([xk, y0], 1), torch.cat([vx, cy], 1), True),
              ("mask_given_image", torch.cat([x0, yk], 1), torch.cat([cx, vy], 1), False)]
     for name, i, t, mask_given in cases:
-        if balance_by == "mixed" and mask_given:
+        if balance_by in ("mixed", "timestep") and mask_given:
             expected = hand_pixel_loss(0.5 * i + 0.1, t, k, pix, "v", "min_snr")
         else:
             expected = by_channel(0.5 * i + 0.1, t)
