@@ -267,17 +267,22 @@ def test_pixel_weights_are_per_sample_fractions_by_a_loop():
                 assert w[i, 0, r, c].item() == pytest.approx(expected[r][c], rel=1e-5)
 
 
-def hand_pixel_loss(preds, targets, k, pix, prediction, weighting) -> float:
-    """(1/B) sum_i w(k_i) * (1 / n_i) sum over sample i's channels and pixels of p_hw (pred - target)^2."""
+def hand_weighted_loss(preds, targets, k, weight, prediction="v", weighting="min_snr") -> float:
+    """(1/B) sum_i w(k_i) * (1 / n_i) sum over channels and pixels of weight(i, ch, r, c) (pred - target)^2."""
     total = 0.0
     for i, ki in enumerate(k):
         s = 0.0
         for ch in range(preds.shape[1]):
             for r in range(preds.shape[2]):
                 for c in range(preds.shape[3]):
-                    s += float(pix[i][r][c]) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
+                    s += weight(i, ch, r, c) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
         total += hand_weight(int(ki), prediction, weighting) * s / preds[i].numel()
     return total / len(k)
+
+
+def hand_pixel_loss(preds, targets, k, pix, prediction, weighting) -> float:
+    """`hand_weighted_loss` with weight p_hw of sample i's pixel in every channel."""
+    return hand_weighted_loss(preds, targets, k, lambda i, ch, r, c: float(pix[i][r][c]), prediction, weighting)
 
 
 def test_njd_and_bjd_weight_every_term_by_the_clean_mask_pixels():
@@ -348,19 +353,6 @@ def test_channel_weights_keep_the_minimiser_at_the_mean_pixel_weights_do_not():
         (grad,) = torch.autograd.grad(((mean - y0).pow(2) * weights).mean(), mean)
         per_channel = grad.sum(dim=(0, 2, 3))
         assert (per_channel.abs().max().item() < 1e-6) == zero, (zero, per_channel)
-
-
-def hand_weighted_loss(preds, targets, k, weight) -> float:
-    """(1/B) sum_i w(k_i) * (1 / n_i) sum over channels and pixels of weight(i, ch, r, c) (pred - target)^2."""
-    total = 0.0
-    for i, ki in enumerate(k):
-        s = 0.0
-        for ch in range(preds.shape[1]):
-            for r in range(preds.shape[2]):
-                for c in range(preds.shape[3]):
-                    s += weight(i, ch, r, c) * float(preds[i, ch, r, c] - targets[i, ch, r, c]) ** 2
-        total += hand_weight(int(ki), "v", "min_snr") * s / preds[i].numel()
-    return total / len(k)
 
 
 @pytest.mark.parametrize("balance_by", ["channel", "mixed", "timestep"])
