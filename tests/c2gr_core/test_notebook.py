@@ -23,7 +23,7 @@ def test_configure_applies_typed_overrides():
     assert notebook.configure("cpu").data.image_size == 64
     with pytest.raises(ValueError, match="unknown key 'epoch'"):
         notebook.configure("tiny", {"train.epoch": 3})
-    with pytest.raises(ValueError, match="must be int"):
+    with pytest.raises(ValueError, match="train.epochs must be an integer"):
         notebook.configure("tiny", {"train.epochs": "many"})
     with pytest.raises(ValueError, match="unknown preset"):
         notebook.configure("huge")
