@@ -374,18 +374,13 @@ def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
     raw = [(c / labels.numel()) ** -0.5 if c else None for c in counts]
     norm = sum(c / labels.numel() * r for c, r in zip(counts, raw) if r is not None)
     wc = [1.0] * x0.shape[1] + [r / norm if r is not None else 1.0 for r in raw]
-    scale = torch.tensor(wc).sqrt().view(1, -1, 1, 1)     # w (p - t)^2 = (sqrt(w) p - sqrt(w) t)^2
-    ones = [[[1.0] * H for _ in range(H)] for _ in range(B)]
-
     pix = _hand_pix(labels, 0.5)
 
     def by_channel(pred, tgt):
-        if balance_by == "timestep":
-            def blend(i, ch, r, c):
-                a = ABAR[int(k[i])]
-                return a * pix[i][r][c] + (1 - a) * wc[ch]
-            return hand_weighted_loss(pred, tgt, k, blend)
-        return hand_pixel_loss(pred * scale, tgt * scale, k, ones, "v", "min_snr")
+        def weight(i, ch, r, c):
+            a = ABAR[int(k[i])] if balance_by == "timestep" else 0.0
+            return a * pix[i][r][c] + (1 - a) * wc[ch]
+        return hand_weighted_loss(pred, tgt, k, weight)
 
     xk, yk = hand_noisy(x0, ex, k), hand_noisy(y0, ey, k)
     vx, vy = hand_v(x0, ex, k), hand_v(y0, ey, k)
