@@ -243,10 +243,12 @@ def _bench() -> ExperimentConfig:
     # 87.5 / 91.0 / 91.1 % on validation (seed 0; 85.8 / 89.9 / 89.4 seed 1). Denoiser (16, 32, 32): at 300 steps its pairs reached
     # correspondence DSC 0.54 / 0.51 (fundus-a / mms-a) against 0.23 / 0.26 for (8, 16, 16) and
     # 0.47 / 0.44 for (24, 48, 48), at 1.6x and 3.3x the step time of (8, 16, 16); EMA 0.95 beat
-    # 0.98 and 0.995 at these step counts (benchmarks/generator_recipes.py). The generator gets 300
-    # steps per round (gen_epochs 100, of which the first 32 epochs are the coupled phase): on the 9-task
-    # stream C2GR reached 55.41 Overall against 32.34 with 120 steps (benchmarks/c2gr_variants.py, seed 0,
-    # 24 segmentor steps). `make stream` passes gen_epochs 40 and epochs 8 to fit its 20-minute budget.
+    # 0.98 and 0.995 at these step counts (benchmarks/generator_recipes.py). The prompt also enters the
+    # timestep embedding of every block (prompt_in_timestep): with it alone C2GR kept sibling tasks apart
+    # and rose by 4.6 Overall on the 9-task stream (seeds 0-1 paired; 81.0 over seeds 0-2, BENCHMARKS.md 4d). The generator
+    # gets 600 steps per round (gen_epochs 200, of which the first 32 epochs are the coupled phase): 84.2
+    # against 81.0 with 300 steps (seeds 0-2) and 55.4 against 32.3 for 300 vs 120 steps on the older
+    # preset. `make stream` passes smaller budgets to fit its 20-minute sizing (Makefile).
     # replay_target "teacher": with "data" (eq. 8) the generator drifts through its own replay (fundus
     # tasks at 0-14 % DSC after the four M&Ms rounds of the 20-task stream); distilling the generator
     # as the round began kept them at 33-52 % (BENCHMARKS.md, the 20-task stream).
@@ -255,11 +257,12 @@ def _bench() -> ExperimentConfig:
         preset="bench",
         data=DataConfig(image_size=32, n_train=48, n_val=8, n_test=32),
         denoiser=DenoiserConfig(channels=(16, 32, 32), attention_levels=(False, False, True),
-                                num_head_channels=8, norm_groups=8, cross_attention_dim=32),
+                                num_head_channels=8, norm_groups=8, cross_attention_dim=32,
+                                prompt_in_timestep=True),
         diffusion=DiffusionConfig(sampler="ddim", sample_steps=25, ema_decay=0.95, replay_target="teacher",
                                   **LAPTOP_RECIPE),
         prompt=PromptConfig(**LAPTOP_PROMPT),
-        train=TrainConfig(epochs=32, gen_epochs=100, batch_size=16, lr=3e-3, replay_per_task=32, amp_bf16="auto"),
+        train=TrainConfig(epochs=32, gen_epochs=200, batch_size=16, lr=3e-3, replay_per_task=32, amp_bf16="auto"),
     )
 
 
