@@ -248,7 +248,7 @@ def _bench() -> ExperimentConfig:
     # and rose by 4.6 Overall on the 9-task stream (seeds 0-1 paired; 81.0 over seeds 0-2, BENCHMARKS.md 4d). The generator
     # gets 600 steps per round (gen_epochs 200, of which the first 32 epochs are the coupled phase): 84.2
     # against 81.0 with 300 steps (seeds 0-2) and 55.4 against 32.3 for 300 vs 120 steps on the older
-    # preset. `make stream` passes smaller budgets to fit its 20-minute sizing (Makefile).
+    # preset. `make stream` passes smaller budgets to fit its time budget (Makefile).
     # replay_target "teacher": with "data" (eq. 8) the generator drifts through its own replay (fundus
     # tasks at 0-14 % DSC after the four M&Ms rounds of the 20-task stream); distilling the generator
     # as the round began kept them at 33-52 % (BENCHMARKS.md, the 20-task stream).
