@@ -43,7 +43,8 @@ STREAM = ["synthetic:fundus-a", "synthetic:fundus-c", "synthetic:mms-a", "synthe
           "synthetic:brats-t1", "synthetic:brats-flair", "synthetic:kits", "synthetic:lits", "synthetic:busi"]
 QUICK_STREAM = ["synthetic:fundus-a", "synthetic:mms-a"]
 # C2GR and the JointTrain reference first, then the cheap segmentor-only methods, then the other
-# generative ones (each about 55 minutes at the bench preset on a 2-core EPYC), so that a table cut short still answers the main questions.
+# generative ones (C2GR takes about 55 minutes at the bench preset on a 2-core EPYC), so that a table
+# cut short still answers the main questions.
 ORDER = ["c2gr", "joint", "finetune", "replay-buffer", "ewc", "distill", "individual", "gr", "c2gr-njd",
          "c2gr-norups", "cgr"]
 RESULTS = Path(__file__).parent / "results"
