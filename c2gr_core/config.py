@@ -245,8 +245,8 @@ def _bench() -> ExperimentConfig:
     # 0.47 / 0.44 for (24, 48, 48), at 1.6x and 3.3x the step time of (8, 16, 16); EMA 0.95 beat
     # 0.98 and 0.995 at these step counts (benchmarks/generator_recipes.py). The prompt also enters the
     # timestep embedding of every block (prompt_in_timestep): with it alone C2GR kept sibling tasks apart
-    # and rose by 4.6 Overall on the 9-task stream (seeds 0-1 paired; 81.0 over seeds 0-2, BENCHMARKS.md 4d). The generator
-    # gets 600 steps per round (gen_epochs 200, of which the first 32 epochs are the coupled phase): 84.2
+    # and rose by 4.6 Overall on the 9-task stream (seeds 0-1 paired; 81.0 over seeds 0-2, BENCHMARKS.md
+    # 4d). The generator gets 600 steps per round (gen_epochs 200, of which the first 32 epochs are the coupled phase): 84.2
     # against 81.0 with 300 steps (seeds 0-2) and 55.4 against 32.3 for 300 vs 120 steps on the older
     # preset. `make stream` passes smaller budgets to fit its time budget (Makefile).
     # replay_target "teacher": with "data" (eq. 8) the generator drifts through its own replay (fundus
