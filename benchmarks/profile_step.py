@@ -76,14 +76,16 @@ def previous_coupled_loss(model, emb, t, current, replay, scheduler, n_classes, 
 class Case:
     """One configuration of the networks ("before" or "after") and the three profiled calls."""
 
-    def __init__(self, setup: Setup, cfg, attention: str, layout: str, bf16: bool, loss=coupled_loss):
+    def __init__(self, setup: Setup, cfg, attention: str, layout: str, bf16: bool, loss=coupled_loss,
+                 adam: dict | None = None):
+        """`adam`: keyword arguments of torch.optim.Adam beyond the learning rate (foreach / fused)."""
         self.cfg, self.setup, self.bf16, self.loss = cfg, setup, bf16, loss
         fmt = torch.channels_last if layout == "fp32_channels_last" else torch.contiguous_format
         self.model = fix_attention(copy.deepcopy(setup.model), attention).train().to(memory_format=fmt)
         with torch.no_grad():
             self.z = self.model.prompts(setup.emb, 1)[1].detach()
         self.teacher = (copy.deepcopy(self.model.denoiser).eval().requires_grad_(False), self.z)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, **(adam or {}))
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()

@@ -39,7 +39,7 @@ from ..losses import task_dsc
 from ..methods import get_method
 from ..methods.base import Method
 from ..metrics import summarize
-from ..training import distributed
+from ..training import allocator, distributed
 from ..training.access import TaskAccess
 from ..training.numerics import resolve as resolve_numerics
 from ..training.trainer import TqdmCallback
@@ -58,7 +58,8 @@ def environment_info() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "processor": platform.processor(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "git_commit": commit,
-            "world_size": distributed.world_size()}  # processes that trained the run (torchrun/DDP)
+            "world_size": distributed.world_size(),  # processes that trained the run (torchrun/DDP)
+            "malloc_keeps_freed_memory": allocator.kept}
 
 
 @dataclass
@@ -86,7 +87,9 @@ def run_stream(stream, method: str, cfg: ExperimentConfig, out_dir: str | os.Pat
 
     max_rounds stops after that many rounds in total (used to simulate an interruption).
     Started by torchrun, the call trains with DDP over the torchrun processes (module doc).
+    The process's malloc keeps what a step frees from here on (training/allocator.py).
     """
+    allocator.keep_freed_memory()
     created = distributed.init_from_env(cfg.train.device)
     try:
         return _run_stream(stream, method, cfg, out_dir, resume, data_root, progress, callbacks,
