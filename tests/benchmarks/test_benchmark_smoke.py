@@ -250,3 +250,13 @@ def test_task_identity_names_the_task_of_each_generated_image(tmp_path):
     assert rnd["prompts"] == "random"
     assert rnd["prompt_norm"] == pytest.approx(r["prompt_norm"], rel=1e-5)
     assert rnd["prompt_cosine"][0][1] != pytest.approx(r["prompt_cosine"][0][1], abs=1e-3)
+
+
+def test_step_overheads_child_times_every_call_and_adam(tmp_path):
+    # The child half in this process (the parent only starts two of them and takes minima).
+    r = script("step_overheads").main(["--quick", "--child", "--setup", "fp32"])
+    assert r["setup"] == "fp32"
+    assert set(r["rows"]) == {"coupled_step/loop", "coupled_step/fused", "generator_step/loop",
+                              "generator_step/fused", "replay_sampling/loop"}
+    for row in r["rows"].values():
+        assert len(row["sec"]) == 1 and row["sec"][0] > 0 and row["minflt"][0] >= 0
