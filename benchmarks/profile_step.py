@@ -112,6 +112,15 @@ class Case:
                      self.model.codec, cfg=cfg.diffusion, generator=torch.Generator().manual_seed(0), bf16=self.bf16)
 
 
+def probe_like_a_run(setup: Setup, cfg) -> dict[str, float]:
+    """numerics.probe on the batches a run of `cfg` probes (Method.probe_batch): current + replay
+    through the segmentor, BJD's three terms of both through the denoiser."""
+    B = cfg.train.batch_size
+    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
+            (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
+    return numerics.probe(nets, torch.device("cpu"))
+
+
 def by_op(fn, top: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -144,10 +153,7 @@ def main(argv=None) -> dict:
     if args.quick:
         cfg.train.batch_size, cfg.train.replay_per_task, cfg.diffusion.sample_steps = 2, 2, 2
     setup = Setup(cfg)
-    B = cfg.train.batch_size   # what a run probes (Method.probe_batch): current + replay, BJD's three terms
-    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
-            (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
-    probe_s = numerics.probe(nets, torch.device("cpu"))
+    probe_s = probe_like_a_run(setup, cfg)
     chosen = numerics.choose(probe_s)
     cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
              "after": Case(setup, cfg, "math", chosen, chosen == "bf16")}

@@ -51,7 +51,7 @@ def child(args) -> dict:
         if not keep_freed_memory():
             raise SystemExit("keep_freed_memory() found no glibc malloc here")
     import torch
-    from benchmarks.profile_step import Case
+    from benchmarks.profile_step import Case, probe_like_a_run
     from benchmarks.training_cost import Setup
     from c2gr_core.config import preset
     from c2gr_core.training import numerics
@@ -61,12 +61,7 @@ def child(args) -> dict:
     if args.quick:
         cfg.train.batch_size, cfg.train.replay_per_task, cfg.diffusion.sample_steps = 2, 2, 2
     setup = Setup(cfg)
-    chosen = args.setup
-    if chosen == "auto":
-        B = cfg.train.batch_size
-        nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
-                (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
-        chosen = numerics.choose(numerics.probe(nets, torch.device("cpu")))
+    chosen = args.setup if args.setup != "auto" else numerics.choose(probe_like_a_run(setup, cfg))
     cases = {a: Case(setup, cfg, "math", chosen, chosen == "bf16", adam=kw) for a, kw in ADAMS.items()}
     calls = [(c, a) for c in CALLS for a in cases if a == "loop" or c != "replay_sampling"]
     for c, a in calls:
