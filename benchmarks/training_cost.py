@@ -15,7 +15,8 @@ A step sees one current-task batch and one replay batch of cfg.train.batch_size 
 C2GR round does from round 1 on; img/s counts those 2B image-mask pairs. The variants are timed
 interleaved (A, B, A, B, ...) and the minimum per variant is reported (as timeit does): other jobs
 on a shared machine only slow runs down, so the minimum is the closest to the uncontended cost and
-the interleaving keeps the comparison side by side.
+the interleaving keeps the comparison side by side. The process's malloc keeps what a step frees, as
+in a run (`training/allocator.py`; `--default-malloc` to measure without it).
 Writes benchmarks/results/training_cost.json (or --out).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from benchmarks._common import RESULTS, write_json  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_scheduler  # noqa: E402
+from c2gr_core.training import allocator  # noqa: E402
 from c2gr_core.losses import seg_loss  # noqa: E402
 from c2gr_core.models.attention import fix_attention  # noqa: E402
 from c2gr_core.prompting.prompts import encode_tasks  # noqa: E402
@@ -147,11 +149,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=6, help="timed steps per variant (interleaved; minimum reported)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--only", nargs="+", metavar="VARIANT",
+                    help="time only these variants, e.g. coupled_bf16_math_contiguous sequential_bf16_math_contiguous")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc malloc as it comes (runs keep freed memory: training/allocator.py)")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, 2 reps, small matmul")
     ap.add_argument("--out", default=str(RESULTS / "training_cost.json"))
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.reps, args.matmul_n = "tiny", 1, 256
+    if not args.default_malloc:
+        allocator.keep_freed_memory()
     torch.set_num_threads(args.threads)
     cfg = preset(args.preset)
     if args.quick:
@@ -165,6 +173,11 @@ def main(argv=None) -> dict:
              for lay in ("contiguous", "channels_last")]
     if args.quick:
         keys = [k for k in keys if k[3] == "contiguous" and k[2] == "math"]
+    if args.only:
+        unknown = sorted(set(args.only) - {"_".join(k) for k in keys})
+        if unknown:
+            ap.error(f"--only: unknown variant(s) {unknown}; known: {['_'.join(k) for k in keys]}")
+        keys = [k for k in keys if "_".join(k) in args.only]
     variants = {k: getattr(setup, k[0])(k[2], k[3]) for k in keys}
     name_of = lambda k: "_".join(k)  # noqa: E731
     for (name, prec, _, _), step in variants.items():  # warm-up (allocator, oneDNN kernels)
@@ -190,6 +203,7 @@ def main(argv=None) -> dict:
     speed = lambda a, b: rows[a]["img_per_s"] / rows[b]["img_per_s"]  # noqa: E731
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "malloc_keeps_freed_memory": allocator.kept,
               "preset": args.preset, "image_size": cfg.data.image_size, "pairs_per_step": setup.pairs,
               "segmentor_params": sum(p.numel() for p in setup.model.segmentor.parameters()),
               "denoiser_params": sum(p.numel() for p in setup.model.denoiser.parameters()),

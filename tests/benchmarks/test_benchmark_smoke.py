@@ -76,6 +76,7 @@ def test_replay_cost_rejects_a_bad_sampler(table):
 
 def test_training_cost_quick(tmp_path):
     r = script("training_cost").main(["--quick", "--out", str(tmp_path / "tc.json")])
+    assert isinstance(r["malloc_keeps_freed_memory"], bool)  # measured like a run: recorded either way
     for v in r["variants"].values():
         assert v["img_per_s"] > 0 and v["flops_per_step"] > 0 and v["fraction_of_matmul_peak"] > 0
         # fp32 matmul is a true peak on any CPU (MKL/OpenBLAS): a step above it means miscounted FLOPs.
@@ -260,3 +261,11 @@ def test_step_overheads_child_times_every_call_and_adam(tmp_path):
                               "generator_step/fused", "replay_sampling/loop"}
     for row in r["rows"].values():
         assert len(row["sec"]) == 1 and row["sec"][0] > 0 and row["minflt"][0] >= 0
+
+
+def test_training_cost_times_only_the_variants_asked(tmp_path):
+    r = script("training_cost").main(["--quick", "--only", "coupled_fp32_math_contiguous",
+                                      "--out", str(tmp_path / "tc.json")])
+    assert list(r["variants"]) == ["coupled_fp32_math_contiguous"]
+    with pytest.raises(SystemExit):
+        script("training_cost").main(["--quick", "--only", "coupled_fp16_math_contiguous"])
