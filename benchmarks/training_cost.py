@@ -173,13 +173,13 @@ def main(argv=None) -> dict:
              for lay in ("contiguous", "channels_last")]
     if args.quick:
         keys = [k for k in keys if k[3] == "contiguous" and k[2] == "math"]
-    if args.only:
-        unknown = sorted(set(args.only) - {"_".join(k) for k in keys})
-        if unknown:
-            ap.error(f"--only: unknown variant(s) {unknown}; known: {['_'.join(k) for k in keys]}")
-        keys = [k for k in keys if "_".join(k) in args.only]
-    variants = {k: getattr(setup, k[0])(k[2], k[3]) for k in keys}
     name_of = lambda k: "_".join(k)  # noqa: E731
+    if args.only:
+        unknown = sorted(set(args.only) - set(map(name_of, keys)))
+        if unknown:
+            ap.error(f"--only: unknown variant(s) {unknown}; known: {list(map(name_of, keys))}")
+        keys = [k for k in keys if name_of(k) in args.only]
+    variants = {k: getattr(setup, k[0])(k[2], k[3]) for k in keys}
     for (name, prec, _, _), step in variants.items():  # warm-up (allocator, oneDNN kernels)
         step(prec == "bf16")
     times = {key: [] for key in variants}
@@ -211,10 +211,12 @@ def main(argv=None) -> dict:
               "coupled_over_sequential_speed": {f"{p}_{a}": speed(f"coupled_{p}_{a}_contiguous",
                                                                   f"sequential_{p}_{a}_contiguous")
                                                 for p in ("fp32", "bf16") for a in ("sdpa", "math")
-                                                if f"sequential_{p}_{a}_contiguous" in rows},
-              "best": min(rows, key=lambda k: rows[k]["sec_per_step"] if rows[k]["step"] == "coupled" else 1e9),
+                                                if {f"{step}_{p}_{a}_contiguous" for step in ("coupled", "sequential")}
+                                                <= rows.keys()},
+              "best": min((k for k in rows if rows[k]["step"] == "coupled"),   # None when --only times no coupled step
+                          key=lambda k: rows[k]["sec_per_step"], default=None),
               "baseline": "coupled_fp32_sdpa_contiguous"}
-    if result["baseline"] in rows:
+    if result["best"] and result["baseline"] in rows:
         result["best_over_baseline_speed"] = speed(result["best"], result["baseline"])
     # Without native bf16 (no AVX512-BF16/AMX) a plain bf16 matmul runs a slow reference kernel while
     # autocast convolutions go through oneDNN, which converts to fp32 and can beat it: then the bf16
