@@ -78,6 +78,10 @@ class DiffusionConfig:
     # What the generator's loss on replayed pairs regresses: "data" (eq. 8: the analytic targets of the
     # replayed pairs) or "teacher" (the outputs of the generator as the round began: distillation).
     replay_target: str = "data"
+    # The timestep weights of that distillation loss (replay_target "teacher" only): None as loss_weighting,
+    # or one of its values. "uniform" keeps the low-noise timesteps that min-SNR all but ignores, where
+    # the generator's pairs drifted most from the teacher's (BENCHMARKS.md section 4f).
+    teacher_weighting: str | None = None
     # Pixel weights of the joint losses by the class each pixel holds in the clean mask, f_c ** -mask_balance
     # (mean 1 per pair; diffusion/losses.py pixel_weights). 0: every pixel alike, eq. 1 / 3 as written.
     mask_balance: float = 0.0
@@ -348,6 +352,9 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.snr_gamma": above0,
         "diffusion.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
         "diffusion.replay_target": one_of(REPLAY_TARGETS),
+        "diffusion.teacher_weighting": (lambda v: v is None or (v in WEIGHTINGS and cfg.diffusion.replay_target == "teacher"),
+                                        f"null, or one of {list(WEIGHTINGS)} with diffusion.replay_target "
+                                        "'teacher' (it weights the distillation loss only)"),
         "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
         "diffusion.mask_balance_by": one_of(MASK_BALANCE_BY),
         "prompt.encoder": one_of(ENCODERS),

@@ -33,6 +33,16 @@ def snr_weights(scheduler, k: torch.Tensor, prediction: str, weighting: str, gam
     return (clipped / snr if prediction == "eps" else clipped / (snr + 1)).float()
 
 
+def timestep_weights(scheduler, k: torch.Tensor, cfg: DiffusionConfig, teacher: "Teacher | None" = None) -> torch.Tensor:
+    """(B,) `snr_weights` under cfg.loss_weighting, and under cfg.teacher_weighting (when set) on the
+    rows a `teacher` teaches."""
+    w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    if teacher is None or cfg.teacher_weighting is None:
+        return w
+    taught = snr_weights(scheduler, k, cfg.prediction, cfg.teacher_weighting, cfg.snr_gamma)
+    return taught if teacher.rows is None else torch.where(teacher.rows.to(w.device), taught, w)
+
+
 def pixel_weights(y0: torch.Tensor, balance: float) -> torch.Tensor | None:
     """(B, 1, H, W) weight of each pixel by the class it holds in the clean mask code y0: f_c ** -balance,
     f_c the fraction of the sample's pixels in class c, scaled to mean 1 over the sample's pixels.
@@ -216,7 +226,7 @@ def njd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     tgt = torch.cat([target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)], 1)
     if teacher is not None:
         (tgt,) = _with_teacher([tgt], teacher, [torch.cat([xk, yk], 1)], d.k)
-    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    w = timestep_weights(scheduler, d.k, cfg, teacher)
     loss = _weighted_mse(pred, tgt, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, abar=a))
     return JointLoss(loss, {"joint": loss.detach().mean()})
 
@@ -261,7 +271,7 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
         preds = denoiser(torch.cat(inputs, 0), d.k.repeat(3), prompt.repeat(3, 1)).chunk(3, dim=0)
     else:
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
-    w = snr_weights(scheduler, d.k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    w = timestep_weights(scheduler, d.k, cfg, teacher)
     names = ("joint", "image_given_mask", "mask_given_image")
     given = (False, True, False)     # the clean mask is an input of the image-given-mask term only
     terms = {n: _weighted_mse(p, t, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, g, a))
@@ -281,7 +291,7 @@ def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, sche
     k, eps = d.k, d.eps_x
     xk = add_noise(scheduler, x0, eps, k)
     pred = denoiser(xk, k, prompt)
-    w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
+    w = timestep_weights(scheduler, k, cfg, teacher)
     tgt = target(cfg.prediction, x0, eps, _abar(scheduler, k, x0)) if teacher is None else _teacher_out(teacher, xk, k)
     loss = _weighted_mse(pred, tgt, w)
     return JointLoss(loss, {"image": loss.detach()})

@@ -453,6 +453,10 @@ class Forced(Probe):
         assert not same, f"{key}: {self.refused_by} ({default!r}) and {self.trained_by} ({alt!r}) agree on {same}"
 
 
+def _teacher_targets(cfg, tmp):
+    cfg.diffusion.replay_target = "teacher"
+
+
 def _open_clip(cfg, tmp):
     cfg.prompt.encoder = "open_clip"
 
@@ -539,6 +543,7 @@ PROBES: dict[str, Probe] = {
     "diffusion.snr_gamma": Changes(0.05, observe=diffusion_loss_of_zero_denoiser),
     "diffusion.ema_decay": Changes(0.0, observe=replay_weights),
     "diffusion.replay_target": Changes("teacher", observe=loss_on_replay),
+    "diffusion.teacher_weighting": Changes("uniform", setup=_teacher_targets, observe=loss_on_replay),
     "diffusion.mask_balance": Changes(0.0, observe=diffusion_loss_of_zero_denoiser),
     "diffusion.mask_balance_by": Changes("channel", observe=diffusion_loss_of_zero_denoiser),
     # ---- prompt
@@ -608,3 +613,15 @@ def test_learnable_params_refuses_a_setting_the_method_does_not_train_with():
     cfg.prompt.rups = False
     with pytest.raises(ValueError, match=r"prompt\.rups"):
         learnable_params("c2gr", cfg, STREAM)
+
+
+def test_teacher_weighting_without_teacher_targets_is_refused():
+    """The field weights the distillation loss only: with eq. 8's data targets there is nothing it could
+    weigh, so the run refuses it rather than record it unused."""
+    cfg = base_cfg()
+    assert cfg.diffusion.replay_target == "data"
+    cfg.diffusion.teacher_weighting = "uniform"
+    with pytest.raises(ValueError, match=r"diffusion\.teacher_weighting"):
+        validate(cfg)
+    cfg.diffusion.replay_target = "teacher"
+    validate(cfg)

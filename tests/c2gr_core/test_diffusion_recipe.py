@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from c2gr_core.config import DiffusionConfig
-from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, pixel_weights, channel_weights, reverse_chain, sample_pairs, snr_weights, x0_and_eps
+from c2gr_core.diffusion import MaskCodec, NoiseDraws, Teacher, bjd_loss, timestep_weights, ddim_step, ddpm_step, image_loss, make_ema, make_scheduler, njd_loss, pixel_weights, channel_weights, reverse_chain, sample_pairs, snr_weights, x0_and_eps
 from test_diffusion import ABAR, B, H, M, P, Recorder, _pair, hand_noisy
 
 V_MIN_SNR = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0)
@@ -406,17 +406,20 @@ def test_njd_and_bjd_weight_channels_by_the_batch_shares(balance_by):
 
 
 # ------------------------------------------------------------------- replay distillation
+@pytest.mark.parametrize("teacher_weighting, weights", [(None, "min_snr"), ("uniform", "uniform")])
 @pytest.mark.parametrize("loss_name", ["njd", "bjd", "image"])
-def test_teacher_outputs_replace_the_targets(loss_name):
+def test_teacher_outputs_replace_the_targets(loss_name, teacher_weighting, weights):
     """replay_target = "teacher": each term regresses the frozen teacher's output on the very input
-    the student sees, prompted by the teacher's own prompt; weights as for data targets."""
+    the student sees, prompted by the teacher's own prompt; weights as for data targets, or as
+    diffusion.teacher_weighting says (every taught row weighs 1 under "uniform")."""
     x0, y0, prompt = _pair(8)
     teacher_prompt = torch.randn(B, P)
     student, teacher = Recorder(a=0.5, b=0.1), Recorder(a=-0.3, b=0.2)
     g = torch.Generator().manual_seed(5)
     k = torch.tensor([20, 400, 800])
     draws = NoiseDraws(k, torch.randn(x0.shape, generator=g), torch.randn(y0.shape, generator=g))
-    cfg = V_MIN_SNR
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0, replay_target="teacher",
+                          teacher_weighting=teacher_weighting)
     sched = make_scheduler(cfg)
     tch = Teacher(teacher, teacher_prompt)
     if loss_name == "image":
@@ -430,6 +433,18 @@ def test_teacher_outputs_replace_the_targets(loss_name):
     reps = s_in.shape[0] // B
     assert torch.equal(t_z, teacher_prompt.repeat(reps, 1)) and torch.equal(s_z, prompt.repeat(reps, 1))
     kk = s_t[:B]
-    expected = sum(hand_loss((0.5 * c + 0.1), (-0.3 * c + 0.2), kk, "v", "min_snr") for c in s_in.chunk(reps))
+    expected = sum(hand_loss((0.5 * c + 0.1), (-0.3 * c + 0.2), kk, "v", weights) for c in s_in.chunk(reps))
     assert loss.total.item() == pytest.approx(expected, rel=1e-5)
     assert loss.total.requires_grad and not any(p.grad is not None for p in teacher.parameters())
+
+
+def test_teacher_weighting_leaves_the_untaught_rows_to_the_recipe():
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0, replay_target="teacher",
+                          teacher_weighting="uniform")
+    k = torch.tensor([20, 400, 800])
+    tch = Teacher(Recorder(), torch.randn(2, P), rows=torch.tensor([True, False, True]))
+    w = timestep_weights(make_scheduler(cfg), k, cfg, tch)
+    assert w.tolist() == pytest.approx([1.0, hand_weight(400, "v", "min_snr"), 1.0], rel=5e-4)
+    # without a teacher (the current task's batch): the recipe's weights
+    assert timestep_weights(make_scheduler(cfg), k, cfg).tolist() == pytest.approx(
+        [hand_weight(int(i), "v", "min_snr") for i in k], rel=5e-4)
