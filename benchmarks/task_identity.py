@@ -51,6 +51,15 @@ def pooled(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return F.adaptive_avg_pool2d(x, 8).flatten(1).numpy()
 
 
+def task_classifier(cards, image_size: int):
+    """A logistic regression naming the task (index into `cards`) of an image from its pooled pixels,
+    trained on 400 real images per task of a seed of their own."""
+    ref = [synthetic_task(c, image_size, 400, 1, 1, seed=CLASSIFIER_SEED) for c in cards]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return clf.fit(np.concatenate([pooled(r.train.images) for r in ref]),
+                   np.concatenate([np.full(len(r.train), j) for j, r in enumerate(ref)]))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["fundus-a", "fundus-c", "mms-a", "mms-b", "brats-t1", "brats-flair"])
@@ -76,10 +85,7 @@ def main(argv=None) -> dict:
     T, s = len(cards), cfg.data.image_size
     data = [synthetic_task(c, s, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, seed=cfg.train.seed + j)
             for j, c in enumerate(cards)]
-    ref = [synthetic_task(c, s, 400, 1, 1, seed=CLASSIFIER_SEED) for c in cards]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    clf.fit(np.concatenate([pooled(r.train.images) for r in ref]),
-            np.concatenate([np.full(len(r.train), j) for j, r in enumerate(ref)]))
+    clf = task_classifier(cards, s)
     real_acc = [float((clf.predict(pooled(d.test.images)) == j).mean()) for j, d in enumerate(data)]
     log(f"classifier on real test images: {dict(zip(args.tasks, np.round(real_acc, 3)))}")
 

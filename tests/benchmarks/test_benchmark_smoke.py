@@ -154,6 +154,27 @@ def test_replay_drift_reads_every_round_of_a_run(table, tmp_path):
     assert run["drift"][0] == [None, None] and 0 <= run["drift"][1][0] <= 1 and run["drift"][1][1] is None
 
 
+def test_prompt_drift_crosses_weights_and_prompts_of_every_round(tmp_path):
+    from c2gr_core.experiment.runner import run_stream
+    mt = script("method_table")
+    run = tmp_path / "run"
+    # keep_checkpoints="all": the factorial needs round 0's weights and prompts as well as round 1's
+    run_stream(mt.QUICK_STREAM, "c2gr", mt.bench_config(True, 0), run, progress=False, keep_checkpoints="all")
+    r = script("prompt_drift").main([str(run), "--n", "4", "--ref-steps", "2", "--out", str(tmp_path / "pd.json")])
+    assert set(r["correspondence"]) == {"w0_p0", "w1_p0", "w1_p1"}
+    assert all(0 <= v <= 1 for v in r["correspondence"].values())
+    for shares in r["named_as"].values():          # every generated image is named as one task of the stream
+        assert set(shares) == {"fundus-a", "mms-a"} and math.isclose(sum(shares.values()), 1.0)
+    (moved,) = r["departure_by_timestep"].values()   # round 1's weights against round 0's
+    assert [row["k"] for row in moved] == list(script("prompt_drift").TIMESTEPS)
+    assert all(row["image"] > 0 and row["mask"] > 0 and 0 <= row["loss_weight"] for row in moved)
+    cos = r["prompt_cosine"]
+    assert math.isclose(cos["after_round_0"]["with_own_round"], 1.0, rel_tol=1e-5)
+    assert set(cos["after_round_1"]) == {"with_own_round", "with_mms-a"}
+    with pytest.raises(SystemExit, match="--task 1"):     # the last task has no replay to follow
+        script("prompt_drift").main([str(run), "--task", "1", "--out", str(tmp_path / "x.json")])
+
+
 def test_foreground_share_of_replay_and_segmentor(table, tmp_path):
     out, _ = table
     r = script("foreground_share").main([str(out / "runs" / "c2gr-s0"), "--out", str(tmp_path / "fg.json")])
