@@ -82,6 +82,9 @@ class DiffusionConfig:
     # or one of its values. "uniform" keeps the low-noise timesteps that min-SNR all but ignores, where
     # the generator's pairs drifted most from the teacher's (BENCHMARKS.md section 4f).
     teacher_weighting: str | None = None
+    # A factor on those distillation weights (replay_target "teacher" only): the weight of keeping the
+    # past tasks against learning the new one, which section 4f found to be what uniform weights changed.
+    teacher_scale: float = 1.0
     # Pixel weights of the joint losses by the class each pixel holds in the clean mask, f_c ** -mask_balance
     # (mean 1 per pair; diffusion/losses.py pixel_weights). 0: every pixel alike, eq. 1 / 3 as written.
     mask_balance: float = 0.0
@@ -355,6 +358,9 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.teacher_weighting": (lambda v: v is None or (v in WEIGHTINGS and cfg.diffusion.replay_target == "teacher"),
                                         f"null, or one of {list(WEIGHTINGS)} with diffusion.replay_target "
                                         "'teacher' (it weights the distillation loss only)"),
+        "diffusion.teacher_scale": (lambda v: v > 0 and (v == 1 or cfg.diffusion.replay_target == "teacher"),
+                                    "> 0, and 1 unless diffusion.replay_target is 'teacher' (it scales the "
+                                    "distillation loss only)"),
         "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
         "diffusion.mask_balance_by": one_of(MASK_BALANCE_BY),
         "prompt.encoder": one_of(ENCODERS),

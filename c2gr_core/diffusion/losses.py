@@ -34,12 +34,13 @@ def snr_weights(scheduler, k: torch.Tensor, prediction: str, weighting: str, gam
 
 
 def timestep_weights(scheduler, k: torch.Tensor, cfg: DiffusionConfig, teacher: "Teacher | None" = None) -> torch.Tensor:
-    """(B,) `snr_weights` under cfg.loss_weighting, and under cfg.teacher_weighting (when set) on the
-    rows a `teacher` teaches."""
+    """(B,) `snr_weights` under cfg.loss_weighting; on the rows a `teacher` teaches, under
+    cfg.teacher_weighting (when set) times cfg.teacher_scale."""
     w = snr_weights(scheduler, k, cfg.prediction, cfg.loss_weighting, cfg.snr_gamma)
-    if teacher is None or cfg.teacher_weighting is None:
+    if teacher is None or (cfg.teacher_weighting is None and cfg.teacher_scale == 1):
         return w
-    taught = snr_weights(scheduler, k, cfg.prediction, cfg.teacher_weighting, cfg.snr_gamma)
+    taught = cfg.teacher_scale * snr_weights(scheduler, k, cfg.prediction, cfg.teacher_weighting or cfg.loss_weighting,
+                                             cfg.snr_gamma)
     return taught if teacher.rows is None else torch.where(teacher.rows.to(w.device), taught, w)
 
 

@@ -544,6 +544,7 @@ PROBES: dict[str, Probe] = {
     "diffusion.ema_decay": Changes(0.0, observe=replay_weights),
     "diffusion.replay_target": Changes("teacher", observe=loss_on_replay),
     "diffusion.teacher_weighting": Changes("uniform", setup=_teacher_targets, observe=loss_on_replay),
+    "diffusion.teacher_scale": Changes(2.5, setup=_teacher_targets, observe=loss_on_replay),
     "diffusion.mask_balance": Changes(0.0, observe=diffusion_loss_of_zero_denoiser),
     "diffusion.mask_balance_by": Changes("channel", observe=diffusion_loss_of_zero_denoiser),
     # ---- prompt
@@ -615,13 +616,14 @@ def test_learnable_params_refuses_a_setting_the_method_does_not_train_with():
         learnable_params("c2gr", cfg, STREAM)
 
 
-def test_teacher_weighting_without_teacher_targets_is_refused():
-    """The field weights the distillation loss only: with eq. 8's data targets there is nothing it could
-    weigh, so the run refuses it rather than record it unused."""
+@pytest.mark.parametrize("key, value", [("teacher_weighting", "uniform"), ("teacher_scale", 2.5)])
+def test_distillation_weights_without_teacher_targets_are_refused(key, value):
+    """The fields weight the distillation loss only: with eq. 8's data targets there is nothing they
+    could weigh, so the run refuses them rather than record them unused."""
     cfg = base_cfg()
     assert cfg.diffusion.replay_target == "data"
-    cfg.diffusion.teacher_weighting = "uniform"
-    with pytest.raises(ValueError, match=r"diffusion\.teacher_weighting"):
+    setattr(cfg.diffusion, key, value)
+    with pytest.raises(ValueError, match=rf"diffusion\.{key}"):
         validate(cfg)
     cfg.diffusion.replay_target = "teacher"
     validate(cfg)

@@ -438,13 +438,15 @@ def test_teacher_outputs_replace_the_targets(loss_name, teacher_weighting, weigh
     assert loss.total.requires_grad and not any(p.grad is not None for p in teacher.parameters())
 
 
-def test_teacher_weighting_leaves_the_untaught_rows_to_the_recipe():
+@pytest.mark.parametrize("teacher_weighting, scale", [("uniform", 1.0), ("uniform", 0.25), (None, 2.5)])
+def test_teacher_weighting_leaves_the_untaught_rows_to_the_recipe(teacher_weighting, scale):
     cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", snr_gamma=5.0, replay_target="teacher",
-                          teacher_weighting="uniform")
+                          teacher_weighting=teacher_weighting, teacher_scale=scale)
     k = torch.tensor([20, 400, 800])
     tch = Teacher(Recorder(), torch.randn(2, P), rows=torch.tensor([True, False, True]))
     w = timestep_weights(make_scheduler(cfg), k, cfg, tch)
-    assert w.tolist() == pytest.approx([1.0, hand_weight(400, "v", "min_snr"), 1.0], rel=5e-4)
+    taught = [scale * (1.0 if teacher_weighting == "uniform" else hand_weight(int(i), "v", "min_snr")) for i in (20, 800)]
+    assert w.tolist() == pytest.approx([taught[0], hand_weight(400, "v", "min_snr"), taught[1]], rel=5e-4)
     # without a teacher (the current task's batch): the recipe's weights
     assert timestep_weights(make_scheduler(cfg), k, cfg).tolist() == pytest.approx(
         [hand_weight(int(i), "v", "min_snr") for i in k], rel=5e-4)
