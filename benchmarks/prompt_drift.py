@@ -19,7 +19,8 @@ sibling has been drawn towards the sibling.
 Where in the chain the weights moved: for each later round w, task j's pairs as round j sampled them
 are noised at timesteps k (the same noise for both) and the EMA after round w (with its prompt for j)
 is compared with the EMA after round j (with its own): the squared difference relative to round j's
-output, image and mask channels apart, beside the loss weight the recipe gives that timestep.
+output, image and mask channels apart, beside the loss weight the recipe gives that timestep and,
+with teacher targets, the weight of the distillation rows that keep task j after its round.
 
 Beside it: the cosine of task j's prompt after each round with its prompt after its own round, and
 with every other task's prompt in that round (a prompt drawn towards a sibling's).
@@ -43,7 +44,7 @@ from benchmarks._common import RESULTS, write_json  # noqa: E402
 from benchmarks.generator_recipes import train_reference  # noqa: E402
 from benchmarks.task_identity import pooled, task_classifier  # noqa: E402
 from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
-from c2gr_core.diffusion import add_noise, sample_pairs, snr_weights  # noqa: E402
+from c2gr_core.diffusion import Teacher, add_noise, sample_pairs, snr_weights, timestep_weights  # noqa: E402
 from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
 
 TIMESTEPS = (10, 50, 100, 200, 300, 500, 700, 900)
@@ -62,8 +63,10 @@ def departure_by_timestep(before, z_before, after, z_after, x0, scheduler, diffu
         b = after(xk, kk, z_after.expand(len(x0), -1)).float()
         rel = lambda c: float(((b[:, c] - a[:, c]) ** 2).mean() / (a[:, c] ** 2).mean())  # noqa: E731
         w = snr_weights(scheduler, kk[:1], diffusion_cfg.prediction, diffusion_cfg.loss_weighting, diffusion_cfg.snr_gamma)
-        rows.append({"k": k, "loss_weight": float(w[0]), "image": rel(slice(0, image_channels)),
-                     "mask": rel(slice(image_channels, None))})
+        row = {"k": k, "loss_weight": float(w[0])}
+        if diffusion_cfg.replay_target == "teacher":   # after its round, task j is trained by these rows only
+            row["distil_weight"] = float(timestep_weights(scheduler, kk[:1], diffusion_cfg, Teacher(before, z_before))[0])
+        rows.append({**row, "image": rel(slice(0, image_channels)), "mask": rel(slice(image_channels, None))})
     return rows
 
 
@@ -84,7 +87,7 @@ def main(argv=None) -> dict:
     last = info["completed_rounds"] - 1
     if not 0 <= j < last:
         raise SystemExit(f"--task {j}: need a past task of {run}, i.e. 0..{last - 1} (finished rounds 0..{last})")
-    methods = {r: load_method(run, round=r) for r in range(j, last + 1)}
+    methods = {r: load_method(run, round=r, device="cpu") for r in range(j, last + 1)}   # numpy below
     m0 = methods[j]
     if not hasattr(m0, "generator_prompts") or not getattr(m0, "generates_pairs", False):
         raise SystemExit(f"{run}: method {info['method']!r} does not generate image-mask pairs")

@@ -6,6 +6,7 @@ Presets (docs/design.md, "Presets"): `tiny` for tests/CI/notebook defaults, `cpu
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 import typing
@@ -358,8 +359,8 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.teacher_weighting": (lambda v: v is None or (v in WEIGHTINGS and cfg.diffusion.replay_target == "teacher"),
                                         f"null, or one of {list(WEIGHTINGS)} with diffusion.replay_target "
                                         "'teacher' (it weights the distillation loss only)"),
-        "diffusion.teacher_scale": (lambda v: v > 0 and (v == 1 or cfg.diffusion.replay_target == "teacher"),
-                                    "> 0, and 1 unless diffusion.replay_target is 'teacher' (it scales the "
+        "diffusion.teacher_scale": (lambda v: 0 < v < math.inf and (v == 1 or cfg.diffusion.replay_target == "teacher"),
+                                    "finite and > 0, and 1 unless diffusion.replay_target is 'teacher' (it scales the "
                                     "distillation loss only)"),
         "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
         "diffusion.mask_balance_by": one_of(MASK_BALANCE_BY),

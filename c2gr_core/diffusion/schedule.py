@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
@@ -45,6 +47,12 @@ def check_recipe(cfg: DiffusionConfig) -> None:
     mb = cfg.mask_balance
     if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb <= 1:
         raise ValueError(f"DiffusionConfig.mask_balance must be a number in [0, 1] (0: every pixel alike), got {mb!r}")
+    if cfg.teacher_weighting is not None and cfg.teacher_weighting not in WEIGHTINGS:
+        raise ValueError(f"DiffusionConfig.teacher_weighting: unknown {cfg.teacher_weighting!r}; allowed: "
+                         f"None, {list(WEIGHTINGS)}")
+    ts = cfg.teacher_scale
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 < ts < math.inf:
+        raise ValueError(f"DiffusionConfig.teacher_scale must be a finite number > 0, got {ts!r}")
     if cfg.mask_balance_by not in MASK_BALANCE_BY:
         raise ValueError(f"DiffusionConfig.mask_balance_by: unknown {cfg.mask_balance_by!r}; allowed: {list(MASK_BALANCE_BY)}")
 

@@ -159,7 +159,9 @@ def test_prompt_drift_crosses_weights_and_prompts_of_every_round(tmp_path):
     mt = script("method_table")
     run = tmp_path / "run"
     # keep_checkpoints="all": the factorial needs round 0's weights and prompts as well as round 1's
-    run_stream(mt.QUICK_STREAM, "c2gr", mt.bench_config(True, 0), run, progress=False, keep_checkpoints="all")
+    cfg = mt.bench_config(True, 0)
+    cfg.diffusion.replay_target, cfg.diffusion.teacher_weighting, cfg.diffusion.teacher_scale = "teacher", "uniform", 0.5
+    run_stream(mt.QUICK_STREAM, "c2gr", cfg, run, progress=False, keep_checkpoints="all")
     r = script("prompt_drift").main([str(run), "--n", "4", "--ref-steps", "2", "--out", str(tmp_path / "pd.json")])
     assert set(r["correspondence"]) == {"w0_p0", "w1_p0", "w1_p1"}
     assert all(0 <= v <= 1 for v in r["correspondence"].values())
@@ -168,6 +170,8 @@ def test_prompt_drift_crosses_weights_and_prompts_of_every_round(tmp_path):
     (moved,) = r["departure_by_timestep"].values()   # round 1's weights against round 0's
     assert [row["k"] for row in moved] == list(script("prompt_drift").TIMESTEPS)
     assert all(row["image"] > 0 and row["mask"] > 0 and 0 <= row["loss_weight"] for row in moved)
+    # the weight that keeps the past task after its round is the distillation rows': uniform x 0.5 at every k
+    assert [row["distil_weight"] for row in moved] == pytest.approx([0.5] * len(moved))
     cos = r["prompt_cosine"]
     assert math.isclose(cos["after_round_0"]["with_own_round"], 1.0, rel_tol=1e-5)
     assert set(cos["after_round_1"]) == {"with_own_round", "with_mms-a"}

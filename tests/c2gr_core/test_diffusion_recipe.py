@@ -450,3 +450,15 @@ def test_teacher_weighting_leaves_the_untaught_rows_to_the_recipe(teacher_weight
     # without a teacher (the current task's batch): the recipe's weights
     assert timestep_weights(make_scheduler(cfg), k, cfg).tolist() == pytest.approx(
         [hand_weight(int(i), "v", "min_snr") for i in k], rel=5e-4)
+
+
+@pytest.mark.parametrize("field, value", [("teacher_weighting", "min-snr"), ("teacher_scale", 0.0),
+                                          ("teacher_scale", float("inf")), ("teacher_scale", True),
+                                          ("loss_weighting", "snr"), ("prediction", "x0")])
+def test_a_recipe_the_losses_do_not_know_is_refused_by_name(field, value):
+    """A DiffusionConfig built in code skips the run's validation; the scheduler checks the recipe
+    itself, so a misspelt weighting cannot fall through to min-SNR unnoticed."""
+    cfg = DiffusionConfig(prediction="v", loss_weighting="min_snr", replay_target="teacher")
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=rf"DiffusionConfig\.{field}"):
+        make_scheduler(cfg)
