@@ -44,7 +44,7 @@ from benchmarks._common import RESULTS, write_json  # noqa: E402
 from benchmarks.generator_recipes import train_reference  # noqa: E402
 from benchmarks.task_identity import pooled, task_classifier  # noqa: E402
 from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
-from c2gr_core.diffusion import Teacher, add_noise, sample_pairs, snr_weights, timestep_weights  # noqa: E402
+from c2gr_core.diffusion import Teacher, add_noise, sample_pairs, timestep_weights  # noqa: E402
 from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
 
 TIMESTEPS = (10, 50, 100, 200, 300, 500, 700, 900)
@@ -62,8 +62,7 @@ def departure_by_timestep(before, z_before, after, z_after, x0, scheduler, diffu
         a = before(xk, kk, z_before.expand(len(x0), -1)).float()
         b = after(xk, kk, z_after.expand(len(x0), -1)).float()
         rel = lambda c: float(((b[:, c] - a[:, c]) ** 2).mean() / (a[:, c] ** 2).mean())  # noqa: E731
-        w = snr_weights(scheduler, kk[:1], diffusion_cfg.prediction, diffusion_cfg.loss_weighting, diffusion_cfg.snr_gamma)
-        row = {"k": k, "loss_weight": float(w[0])}
+        row = {"k": k, "loss_weight": float(timestep_weights(scheduler, kk[:1], diffusion_cfg)[0])}
         if diffusion_cfg.replay_target == "teacher":   # after its round, task j is trained by these rows only
             row["distil_weight"] = float(timestep_weights(scheduler, kk[:1], diffusion_cfg, Teacher(before, z_before))[0])
         rows.append({**row, "image": rel(slice(0, image_channels)), "mask": rel(slice(image_channels, None))})
