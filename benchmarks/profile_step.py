@@ -6,6 +6,11 @@ workbench (attention kernel by device, numerics chosen per run).
 
     python benchmarks/profile_step.py                  # bench preset, 2 threads
     python benchmarks/profile_step.py --preset cpu     # 64^2 networks of the cpu preset
+    python benchmarks/profile_step.py --preset cpu --replay-pairs 16   # sampling of 16 pairs, not 200
+
+The sampling call is one batched reverse chain, so its cost grows with the number of pairs while the
+op mix stays the same; --replay-pairs makes the profile affordable on a slow CPU (the cpu preset
+samples all 200 training pairs of a task per call).
 
 "before" = what every run did until this change: torch's fused attention kernel, fp32, contiguous,
 and one forward per batch (`previous_coupled_loss`, the earlier body of `coupled_loss`); "after" =
@@ -143,6 +148,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5, help="timed calls per case and call (interleaved; min reported)")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--replay-pairs", type=int, default=None,
+                    help="pairs per replay-sampling call (default: the preset's train.replay_per_task or data.n_train)")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, small batch, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -152,6 +159,10 @@ def main(argv=None) -> dict:
     cfg = preset(args.preset)
     if args.quick:
         cfg.train.batch_size, cfg.train.replay_per_task, cfg.diffusion.sample_steps = 2, 2, 2
+    if args.replay_pairs is not None:
+        if args.replay_pairs < 1:
+            ap.error(f"--replay-pairs must be >= 1, got {args.replay_pairs}")
+        cfg.train.replay_per_task = args.replay_pairs
     setup = Setup(cfg)
     probe_s = probe_like_a_run(setup, cfg)
     chosen = numerics.choose(probe_s)

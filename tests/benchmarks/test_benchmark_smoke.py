@@ -103,13 +103,20 @@ def test_training_cost_quick(tmp_path):
 
 
 def test_profile_step_quick(tmp_path):
-    r = script("profile_step").main(["--quick", "--out", str(tmp_path / "p.json")])
+    r = script("profile_step").main(["--quick", "--replay-pairs", "3", "--out", str(tmp_path / "p.json")])
+    assert r["replay_pairs_sampled"] == 3
     assert set(r["calls"]) == {"coupled_step", "generator_step", "replay_sampling"}
     assert r["after_setup"] in ("fp32", "fp32_channels_last", "bf16")
     for call in r["calls"].values():
         for case in ("before", "after"):
             shares = [g["share"] for g in call[case]["groups"].values()]
             assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
+
+
+def test_profile_step_refuses_a_replay_size_below_one(tmp_path):
+    with pytest.raises(SystemExit):
+        script("profile_step").main(["--quick", "--replay-pairs", "0", "--out", str(tmp_path / "p.json")])
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_memory_quick(tmp_path):
