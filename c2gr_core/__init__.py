@@ -50,6 +50,13 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # importlib stamped the alias spec on the real module; give it back its own.
         module.__spec__ = module.__spec__.loader_state
 
+    def get_code(self, fullname):
+        # `python -m c2gr_core.cli` (runpy) asks for code to run as __main__. The moved module's own code
+        # would run with the alias's package, where its relative imports break, so hand runpy over to it.
+        real = f"{__name__}.{MOVED[fullname.rpartition('.')[2]]}"
+        return compile(f"import runpy; runpy.run_module({real!r}, run_name='__main__', alter_sys=True)",
+                       f"<{fullname}: moved to {real}>", "exec")
+
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
     sys.meta_path.append(_MovedModules())

@@ -172,3 +172,19 @@ def test_old_module_paths_still_import_the_same_module(old):
     new = importlib.import_module(f"c2gr_core.{c2gr_core.MOVED[old]}")
     assert importlib.import_module(f"c2gr_core.{old}") is new
     assert new.__spec__.name == new.__name__   # the alias did not take over the module's identity
+
+
+@pytest.mark.parametrize("old", ["cli", "batch"])
+def test_old_module_paths_still_run_with_dash_m(old):
+    """`python -m c2gr_core.cli` ran before the move; it must run the moved module as __main__,
+    exit status included (an unknown option is argparse's exit 2)."""
+    import c2gr_core
+
+    def run(name, *args):
+        return subprocess.run([sys.executable, "-m", name, *args], capture_output=True, text=True, cwd=ROOT)
+
+    new = f"c2gr_core.{c2gr_core.MOVED[old]}"
+    via_alias, direct = run(f"c2gr_core.{old}", "--help"), run(new, "--help")
+    assert via_alias.returncode == 0, via_alias.stderr
+    assert via_alias.stdout == direct.stdout and "usage:" in direct.stdout
+    assert run(f"c2gr_core.{old}", "--no-such-option").returncode == 2
