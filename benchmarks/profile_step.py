@@ -7,6 +7,7 @@ workbench (attention kernel by device, numerics chosen per run).
     python benchmarks/profile_step.py                  # bench preset, 2 threads
     python benchmarks/profile_step.py --preset cpu     # 64^2 networks of the cpu preset
     python benchmarks/profile_step.py --preset cpu --replay-pairs 16   # sampling of 16 pairs, not 200
+    python benchmarks/profile_step.py --split --no-ops # each change of "after" alone, timed only
 
 The sampling call is one batched reverse chain, so its cost grows with the number of pairs while the
 op mix stays the same; --replay-pairs makes the profile affordable on a slow CPU (the cpu preset
@@ -19,7 +20,9 @@ same way), the attention kernel of the device and `coupled_loss` as it is (one f
 current and the replay batch). Ops are grouped (convolution, attention,
 matmul, normalisation, elementwise, other) by their self CPU time. Writes
 benchmarks/results/profile/<preset>.json (or --out): per call the wall time (min of --reps) and
-the top ops with their share, before and after.
+the top ops with their share, before and after. --split adds one case per change, "before" plus that
+change alone (einsum attention; one forward; the chosen numerics where they are not plain fp32), so a
+speed-up or slow-down of "after" can be traced to its cause; --no-ops times without profiling by op.
 """
 from __future__ import annotations
 
@@ -150,6 +153,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--replay-pairs", type=int, default=None,
                     help="pairs per replay-sampling call (default: the preset's train.replay_per_task or data.n_train)")
+    ap.add_argument("--split", action="store_true",
+                    help="also time each change of 'after' alone on top of 'before'")
+    ap.add_argument("--no-ops", action="store_true", help="time only: no profile by op")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, small batch, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -168,6 +174,11 @@ def main(argv=None) -> dict:
     chosen = numerics.choose(probe_s)
     cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
              "after": Case(setup, cfg, "math", chosen, chosen == "bf16")}
+    if args.split:
+        cases["einsum_attention_only"] = Case(setup, cfg, "math", "fp32", False, loss=previous_coupled_loss)
+        cases["one_forward_only"] = Case(setup, cfg, "sdpa", "fp32", False)
+        if chosen != "fp32":
+            cases[f"{chosen}_only"] = Case(setup, cfg, "sdpa", chosen, chosen == "bf16", loss=previous_coupled_loss)
     calls = ("coupled_step", "generator_step", "replay_sampling")
     for case in cases.values():  # warm-up (allocator, oneDNN kernels)
         for c in calls:
@@ -184,21 +195,24 @@ def main(argv=None) -> dict:
               "preset": args.preset, "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size,
               "replay_pairs_sampled": cfg.train.replay_per_task or cfg.data.n_train,
               "sampler": f"{cfg.diffusion.sampler}-{cfg.diffusion.sample_steps}",
-              "numerics_probe_s": probe_s, "after_setup": chosen, "calls": {}}
+              "numerics_probe_s": probe_s, "after_setup": chosen, "reps": args.reps, "calls": {}}
     for c in calls:
         entry = {}
         for k, case in cases.items():
             entry[k] = {"sec_min": min(times[(k, c)]), "sec_median": sorted(times[(k, c)])[args.reps // 2],
-                        **by_op(getattr(case, c), args.top)}
-        entry["speedup"] = entry["before"]["sec_min"] / entry["after"]["sec_min"]
+                        **({} if args.no_ops else by_op(getattr(case, c), args.top))}
+        # each case's speed against "before" (min over reps); "speedup" is the whole change, kept by its old name
+        entry["speedup_over_before"] = {k: entry["before"]["sec_min"] / entry[k]["sec_min"] for k in cases if k != "before"}
+        entry["speedup"] = entry["speedup_over_before"]["after"]
         result["calls"][c] = entry
     out = write_json(result, args.out or RESULTS / "profile" / f"{args.preset}.json")
     print(f"preset={args.preset} threads={result['threads']} after = {chosen} + attention by device; probe {probe_s}")
     for c, e in result["calls"].items():
-        print(f"{c:16s} before {e['before']['sec_min']:.3f} s  after {e['after']['sec_min']:.3f} s  "
-              f"speedup {e['speedup']:.2f}x")
+        print(f"{c:16s} before {e['before']['sec_min']:.3f} s  " + "  ".join(
+            f"{k} {e[k]['sec_min']:.3f} s ({x:.2f}x)" for k, x in e["speedup_over_before"].items()))
         for k in cases:
-            print(f"    {k:6s} " + ", ".join(f"{g} {100 * v['share']:.0f}%" for g, v in e[k]["groups"].items()))
+            if "groups" in e[k]:
+                print(f"    {k:6s} " + ", ".join(f"{g} {100 * v['share']:.0f}%" for g, v in e[k]["groups"].items()))
     print(f"written: {out}")
     return result
 

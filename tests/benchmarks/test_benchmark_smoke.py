@@ -113,6 +113,17 @@ def test_profile_step_quick(tmp_path):
             assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
 
 
+def test_profile_step_split_times_each_change_alone(tmp_path):
+    r = script("profile_step").main(["--quick", "--split", "--no-ops", "--out", str(tmp_path / "p.json")])
+    singles = {"einsum_attention_only", "one_forward_only"} | ({f"{r['after_setup']}_only"} - {"fp32_only"})
+    for call in r["calls"].values():
+        assert set(call) - {"speedup", "speedup_over_before"} == {"before", "after"} | singles
+        assert all("groups" not in call[k] for k in singles | {"before", "after"})   # --no-ops: timed only
+        for k, x in call["speedup_over_before"].items():
+            assert x == pytest.approx(call["before"]["sec_min"] / call[k]["sec_min"])
+        assert call["speedup"] == call["speedup_over_before"]["after"]
+
+
 def test_profile_step_refuses_a_replay_size_below_one(tmp_path):
     with pytest.raises(SystemExit):
         script("profile_step").main(["--quick", "--replay-pairs", "0", "--out", str(tmp_path / "p.json")])
