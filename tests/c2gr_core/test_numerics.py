@@ -1,5 +1,6 @@
 """Numerics chosen per run (train.amp_bf16 = "auto") and the attention kernel chosen per device."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -40,6 +41,36 @@ def test_probe_times_every_setup_and_leaves_weights_grads_and_rng_alone():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Paced(torch.nn.Module):
+    """Sleeps a set time per forward by setup (read from autocast and the weight layout). Counts the
+    calls per setup on the class, since the probe runs deep copies."""
+
+    SLEEP = {"fp32": 0.01, "fp32_channels_last": 0.015, "bf16": 0.2}
+    calls: dict = {}
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)   # 3x3: channels-last weights differ from contiguous
+
+    def forward(self, x):
+        w = self.conv.weight
+        setup = ("bf16" if torch.is_autocast_enabled("cpu") else
+                 "fp32_channels_last" if not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+                 else "fp32")
+        _Paced.calls[setup] = _Paced.calls.get(setup, 0) + 1
+        time.sleep(self.SLEEP[setup])
+        return self.conv(x)
+
+
+def test_probe_stops_timing_a_setup_far_slower_than_fp32(monkeypatch):
+    monkeypatch.setattr(_Paced, "calls", {})
+    t = numerics.probe([(_Paced(), (torch.zeros(1, 2, 4, 4),))], torch.device("cpu"), reps=5)
+    # warm-up + 5 reps for fp32 and for channels-last (1.5x: it might still win); bf16 (20x) is
+    # timed once after its warm-up and then left out
+    assert _Paced.calls == {"fp32": 6, "fp32_channels_last": 6, "bf16": 2}
+    assert t["bf16"] >= 0.2 and numerics.choose(t) == "fp32"
 
 
 def test_fixed_settings_are_not_measured(monkeypatch):
