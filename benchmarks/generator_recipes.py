@@ -193,6 +193,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = list(dict.fromkeys(r["task"] for r in result["rows"]))
     if not tasks:
@@ -211,6 +212,10 @@ def plot(result: dict, path: Path) -> None:
         if noise is not None:
             ax.axhline(noise, color="k", lw=0.8, ls="-.", label="noise pairs")
         ax.set_xscale("log")
+        # Label only the measured budgets: log-axis minor labels overlap at these few steps.
+        measured = sorted({c["steps"] for r in result["rows"] if r["task"] == task for c in r["checkpoints"]})
+        ax.set_xticks(measured, [str(s) for s in measured])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{task} (reference DSC {result['references'][task]['test_dsc']:.2f})")
         ax.set_xlabel("denoiser training steps")
     axes[0][0].set_ylabel("correspondence DSC")
