@@ -190,6 +190,16 @@ def main(argv=None) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """One figure: correspondence DSC vs steps, a panel per task, a line per objective/recipe/weights."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    if fig is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def figure(result: dict):
+    """The figure `plot` writes (None without rows)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,8 +207,14 @@ def plot(result: dict, path: Path) -> None:
 
     tasks = list(dict.fromkeys(r["task"] for r in result["rows"]))
     if not tasks:
-        return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False, sharey=True)
+        return None
+    n_lines = 1 + 2 * sum(r["task"] == tasks[0] for r in result["rows"])   # the first panel's: ema, raw, noise
+    # A legend entry at fontsize 7 is about 1.6 in wide: as many columns as the figure's width holds,
+    # and the figure grows by the legend's rows, so a single panel's legend is not cropped.
+    width = 4.2 * len(tasks)
+    ncol = max(1, min(6, int(width / 1.6)))
+    legend_h = 0.17 * -(-n_lines // ncol) + 0.15
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 3.6 + legend_h), squeeze=False, sharey=True)
     colors = dict(zip(RECIPES, ["tab:grey", "tab:brown", "tab:blue", "tab:red"]))
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in result["rows"] if r["task"] == task):
@@ -220,10 +236,9 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("denoiser training steps")
     axes[0][0].set_ylabel("correspondence DSC")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / (3.6 + legend_h), 1, 1))
+    return fig
 
 
 if __name__ == "__main__":

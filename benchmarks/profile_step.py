@@ -13,11 +13,12 @@ The sampling call is one batched reverse chain, so its cost grows with the numbe
 op mix stays the same; --replay-pairs makes the profile affordable on a slow CPU (the cpu preset
 samples all 200 training pairs of a task per call).
 
-"before" = what every run did until this change: torch's fused attention kernel, fp32, contiguous,
+"before" = what every run did until these changes: torch's fused attention kernel, fp32, contiguous,
 and one forward per batch (`previous_coupled_loss`, the earlier body of `coupled_loss`); "after" =
-the setup a run of the preset chooses on this machine (`training/numerics.py`, measured here the
-same way), the attention kernel of the device and `coupled_loss` as it is (one forward for the
-current and the replay batch). Ops are grouped (convolution, attention,
+what a run of the preset chooses on this machine with train.amp_bf16 = "auto" (`training/numerics.py`,
+measured here the same way: the setup, the attention kernel, one forward or two);
+"fixed_kernels" = what runs did before the kernel and the forward batching were chosen per run (the
+chosen setup with einsum attention and one forward, always). Ops are grouped (convolution, attention,
 matmul, normalisation, elementwise, other) by their self CPU time. Writes
 benchmarks/results/profile/<preset>.json (or --out): per call the wall time (min of --reps) and
 the top ops with their share, before and after. --split adds one case per change, "before" plus that
@@ -32,6 +33,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -129,6 +131,17 @@ def probe_like_a_run(setup: Setup, cfg) -> dict[str, float]:
     return numerics.probe(nets, torch.device("cpu"))
 
 
+def numerics_like_a_run(setup: Setup, cfg) -> tuple[numerics.Numerics, float]:
+    """What a C2GR run of `cfg` with train.amp_bf16 = "auto" would train with here, and the seconds
+    its probe took (a run's start-up cost)."""
+    B = cfg.train.batch_size
+    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
+            (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
+    t0 = time.perf_counter()
+    chosen = numerics.resolve("auto", nets, torch.device("cpu"), one_forward_step=True)
+    return chosen, time.perf_counter() - t0
+
+
 def by_op(fn, top: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -170,10 +183,12 @@ def main(argv=None) -> dict:
             ap.error(f"--replay-pairs must be >= 1, got {args.replay_pairs}")
         cfg.train.replay_per_task = args.replay_pairs
     setup = Setup(cfg)
-    probe_s = probe_like_a_run(setup, cfg)
-    chosen = numerics.choose(probe_s)
+    run_numerics, probe_wall = numerics_like_a_run(setup, cfg)
+    probe_s, chosen = run_numerics.probe_s, run_numerics.setup
     cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
-             "after": Case(setup, cfg, "math", chosen, chosen == "bf16")}
+             "after": Case(setup, cfg, run_numerics.attention or "math", chosen, chosen == "bf16",
+                           loss=partial(coupled_loss, one_forward=run_numerics.one_forward)),
+             "fixed_kernels": Case(setup, cfg, "math", chosen, chosen == "bf16")}
     if args.split:
         cases["einsum_attention_only"] = Case(setup, cfg, "math", "fp32", False, loss=previous_coupled_loss)
         cases["one_forward_only"] = Case(setup, cfg, "sdpa", "fp32", False)
@@ -195,7 +210,9 @@ def main(argv=None) -> dict:
               "preset": args.preset, "image_size": cfg.data.image_size, "batch_size": cfg.train.batch_size,
               "replay_pairs_sampled": cfg.train.replay_per_task or cfg.data.n_train,
               "sampler": f"{cfg.diffusion.sampler}-{cfg.diffusion.sample_steps}",
-              "numerics_probe_s": probe_s, "after_setup": chosen, "reps": args.reps, "calls": {}}
+              "numerics_probe_s": probe_s, "numerics_probe_wall_s": round(probe_wall, 1), "after_setup": chosen,
+              "after_attention": run_numerics.attention, "after_one_forward": run_numerics.one_forward,
+              "reps": args.reps, "calls": {}}
     for c in calls:
         entry = {}
         for k, case in cases.items():
@@ -206,7 +223,8 @@ def main(argv=None) -> dict:
         entry["speedup"] = entry["speedup_over_before"]["after"]
         result["calls"][c] = entry
     out = write_json(result, args.out or RESULTS / "profile" / f"{args.preset}.json")
-    print(f"preset={args.preset} threads={result['threads']} after = {chosen} + attention by device; probe {probe_s}")
+    print(f"preset={args.preset} threads={result['threads']} after = {chosen}, attention {run_numerics.attention}, "
+          f"one forward {run_numerics.one_forward}; probe ({probe_wall:.0f} s) {probe_s}")
     for c, e in result["calls"].items():
         print(f"{c:16s} before {e['before']['sec_min']:.3f} s  " + "  ".join(
             f"{k} {e[k]['sec_min']:.3f} s ({x:.2f}x)" for k, x in e["speedup_over_before"].items()))

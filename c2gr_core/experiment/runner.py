@@ -222,12 +222,12 @@ def _prepare(run: _Run, start: int):
 
 
 def _set_numerics(run: _Run, m: Method, start: int) -> None:
-    """fp32 or bf16 and the memory layout (training/numerics.py): a resumed run takes what its start
+    """fp32 or bf16, the memory layout and the kernels (training/numerics.py): a resumed run takes what its start
     recorded (bit-equal resume); a new one resolves train.amp_bf16, rank 0 measuring for all ranks."""
     if start > 0:
         numerics = rundir.read_numerics(run.out, run.cfg)
     else:
-        numerics = (resolve_numerics(run.cfg.train.amp_bf16, m.probe_networks(), m.ctx.device)
+        numerics = (resolve_numerics(run.cfg.train.amp_bf16, m.probe_networks(), m.ctx.device, m.one_forward_step)
                     if run.main else None)
         numerics = distributed.broadcast_object(numerics)
     m.ctx.numerics = numerics

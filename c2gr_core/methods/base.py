@@ -67,6 +67,7 @@ class Method:
     privacy_preserving = True   # False: the method stores or reads real past data
     reads_past_data = False     # True: TaskAccess lets it read every task seen so far (JointTrain)
     generates_pairs = False     # True: sample_pairs() draws image-mask pairs (the C2GR family)
+    one_forward_step = False    # True: a step may run current + replay rows in one forward (numerics.one_forward)
     loaded_from: dict | None = None  # {"run_dir", "round"} when rebuilt by experiment.runs.load_method
 
     def __init__(self, ctx: StreamContext):

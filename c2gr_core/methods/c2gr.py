@@ -22,6 +22,7 @@ class C2GR(GenerativeReplay, Method):
     coupled = True        # RUPS: one prompt graph shared by both networks
     sequential = False    # CGR trains the two networks one after the other instead
     generates_pairs = True
+    one_forward_step = True   # coupled_loss; whether it does is chosen per run (training/numerics.py)
 
     @classmethod
     def forced_settings(cls) -> dict:
@@ -133,7 +134,8 @@ class C2GR(GenerativeReplay, Method):
 
             def step(b, phase=phase, train_prompt=train_prompt):
                 return coupled_loss(self.model, self.ctx.emb, t, b[0], b[1], self.scheduler,
-                                    self.ctx.n_classes, train_prompt=train_prompt, teacher=self.teacher, **phase)
+                                    self.ctx.n_classes, train_prompt=train_prompt, teacher=self.teacher,
+                                    one_forward=self.ctx.numerics.one_forward, **phase)
 
             groups = self._param_groups(phase["train_segmentor"], phase["train_generator"])
             cbs = list(callbacks) + (self.generator_callbacks() if phase["train_generator"] else [])

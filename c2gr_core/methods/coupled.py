@@ -91,7 +91,8 @@ class C2GRModel(nn.Module):
 def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBatch, replay: PairBatch | None,
                  scheduler, n_classes: torch.Tensor, train_segmentor: bool = True,
                  train_generator: bool = True, train_prompt: bool = True,
-                 teacher: tuple[nn.Module, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                 teacher: tuple[nn.Module, torch.Tensor] | None = None,
+                 one_forward: bool = True) -> dict[str, torch.Tensor]:
     """L = L_ME + L_MU (eq. 9) on one current-task batch and one replay batch.
 
     train_prompt=False computes the prompts without gradient (a generator-only phase of C2GR must not
@@ -102,32 +103,34 @@ def coupled_loss(model: C2GRModel, emb: TaskEmbeddings, t: int, current: PairBat
     The replay batch is stratified over past tasks (ReplayStore.sample), so its mean loss is an
     unbiased estimate of the 1/(t-1) sum over replay sets in eq. 7-8.
 
-    Both batches go through each network in one forward (current rows first) and are scored as the
-    separate batches of eq. 7-8: the same losses as one forward per batch (GroupNorm and attention
-    act per pair; the noise is drawn batch by batch in the same order), fewer and larger kernels
-    (BENCHMARKS.md, "Training cost").
+    With `one_forward` both batches go through each network in one forward (current rows first) and
+    are scored as the separate batches of eq. 7-8: the same losses as one forward per batch (GroupNorm
+    and attention act per pair; the noise is drawn batch by batch in the same order). Fewer, larger
+    kernels are faster on some CPUs and slower on others, so a run chooses (training/numerics.py).
     """
     dev = next(model.parameters()).device
     with contextlib.nullcontext() if train_prompt else torch.no_grad():
         z_seg, z_gen = model.prompts(emb, t)
     n_classes = n_classes.to(dev)
     parts = [(name, b) for name, b in (("cur", current), ("rep", replay)) if b is not None]
-    sizes = tuple(len(b.images) for _, b in parts)
-    x = torch.cat([b.images for _, b in parts]).to(dev)
-    y = torch.cat([b.masks for _, b in parts]).to(dev)
-    k = torch.cat([b.tasks for _, b in parts]).to(dev)
     out: dict[str, torch.Tensor] = {}
-    if train_segmentor:
-        logits = model.segmentor(x, z_seg[k])
-        for (name, _), lg, yp, kp in zip(parts, logits.split(sizes), y.split(sizes), k.split(sizes)):
-            out[f"seg_{name}"] = seg_loss(lg, yp, n_classes[kp], groups=kp)
-    if train_generator:
-        distil = None
-        if teacher is not None and replay is not None:
-            rows = torch.cat([torch.full((n,), name == "rep", device=dev) for (name, _), n in zip(parts, sizes)])
-            distil = Teacher(teacher[0], teacher[1][k[rows]], rows)
-        losses = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil, parts=sizes)
-        out.update({f"gen_{name}": v for (name, _), v in zip(parts, losses)})
-    me = sum(v for k, v in out.items() if k.startswith("seg_"))
-    mu = sum(v for k, v in out.items() if k.startswith("gen_"))
+    for group in [parts] if one_forward else [[p] for p in parts]:
+        sizes = tuple(len(b.images) for _, b in group)
+        x = torch.cat([b.images for _, b in group]).to(dev)
+        y = torch.cat([b.masks for _, b in group]).to(dev)
+        k = torch.cat([b.tasks for _, b in group]).to(dev)
+        if train_segmentor:
+            logits = model.segmentor(x, z_seg[k])
+            for (name, _), lg, yp, kp in zip(group, logits.split(sizes), y.split(sizes), k.split(sizes)):
+                out[f"seg_{name}"] = seg_loss(lg, yp, n_classes[kp], groups=kp)
+        if train_generator:
+            distil = None
+            if teacher is not None and replay is not None and any(name == "rep" for name, _ in group):
+                rows = torch.cat([torch.full((n,), name == "rep", device=dev) for (name, _), n in zip(group, sizes)])
+                distil = Teacher(teacher[0], teacher[1][k[rows]], rows)
+            losses = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil, parts=sizes)
+            out.update({f"gen_{name}": v for (name, _), v in zip(group, losses)})
+    # Summed in eq. 9's order whatever the grouping, so both groupings add the same terms in the same order.
+    me = sum(out[f"seg_{name}"] for name, _ in parts if f"seg_{name}" in out)
+    mu = sum(out[f"gen_{name}"] for name, _ in parts if f"gen_{name}" in out)
     return {"loss": me + mu, "L_ME": torch.as_tensor(me), "L_MU": torch.as_tensor(mu), **out}

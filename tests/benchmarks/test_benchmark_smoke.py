@@ -107,8 +107,10 @@ def test_profile_step_quick(tmp_path):
     assert r["replay_pairs_sampled"] == 3
     assert set(r["calls"]) == {"coupled_step", "generator_step", "replay_sampling"}
     assert r["after_setup"] in ("fp32", "fp32_channels_last", "bf16")
+    assert r["after_attention"] in ("math", "sdpa") and isinstance(r["after_one_forward"], bool)
+    assert {"math", "sdpa", "one", "separate"} <= set(r["numerics_probe_s"]) and r["numerics_probe_wall_s"] > 0
     for call in r["calls"].values():
-        for case in ("before", "after"):
+        for case in ("before", "after", "fixed_kernels"):
             shares = [g["share"] for g in call[case]["groups"].values()]
             assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
 
@@ -117,7 +119,7 @@ def test_profile_step_split_times_each_change_alone(tmp_path):
     r = script("profile_step").main(["--quick", "--split", "--no-ops", "--out", str(tmp_path / "p.json")])
     singles = {"einsum_attention_only", "one_forward_only"} | ({f"{r['after_setup']}_only"} - {"fp32_only"})
     for call in r["calls"].values():
-        assert set(call) - {"speedup", "speedup_over_before"} == {"before", "after"} | singles
+        assert set(call) - {"speedup", "speedup_over_before"} == {"before", "after", "fixed_kernels"} | singles
         assert all("groups" not in call[k] for k in singles | {"before", "after"})   # --no-ops: timed only
         for k, x in call["speedup_over_before"].items():
             assert x == pytest.approx(call["before"]["sec_min"] / call[k]["sec_min"])
@@ -162,6 +164,27 @@ def test_generator_recipes_quick(tmp_path):
                                               "--objectives", "bjd", "--steps", "2", "--pairs", "4",
                                               "--ref-steps", "2", "--out", str(out)])
     assert len(again["rows"]) == 2
+
+
+RECIPE_NAMES = ["eps/uniform", "eps/min_snr", "v/uniform", "v/min_snr"]
+
+
+@pytest.mark.parametrize("n_tasks, n_rows", [(1, 2), (1, 8), (4, 8)])
+def test_generator_recipes_legend_fits_the_figure(n_tasks, n_rows):
+    """The legend under the panels must lie inside the figure whatever the number of panels (with one
+    panel and six columns it used to be cropped at both sides)."""
+    cell = {"corr_dsc": 0.5}
+    rows = [{"task": f"t{i}", "objective": ("bjd", "njd")[j % 2], "recipe": RECIPE_NAMES[(j // 2) % 4],
+             "checkpoints": [{"steps": s, "raw": cell, "ema": cell} for s in (200, 600)]}
+            for i in range(n_tasks) for j in range(n_rows)]
+    result = {"rows": rows, "noise": {f"t{i}": {"corr_dsc": 0.1} for i in range(n_tasks)},
+              "references": {f"t{i}": {"test_dsc": 0.9} for i in range(n_tasks)}}
+    fig = script("generator_recipes").figure(result)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width and 0 <= legend.y0
+    axes_bottom = min(ax.get_tightbbox().y0 for ax in fig.axes)
+    assert legend.y1 <= axes_bottom + 1   # below the panels' tick labels, not over them
 
 
 def test_replay_drift_reads_every_round_of_a_run(table, tmp_path):

@@ -100,12 +100,14 @@ def test_stratified_replay_batch_matches_the_1_over_t_minus_1_average(emb):
     assert torch.allclose(pooled, sum(per_set) / len(per_set), atol=1e-5)
 
 
+@pytest.mark.parametrize("one_forward", [True, False])
 @pytest.mark.parametrize("objective, balance_by", [("bjd", "pixel"), ("njd", "pixel"), ("bjd", "channel"),
                                                    ("njd", "channel"), ("bjd", "timestep")])
-def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by):
-    """coupled_loss runs current + replay through each network at once; the reference below is the
-    plain per-batch computation (one segmentor and one denoiser forward per batch, noise drawn batch
-    by batch, the replay batch distilled from a teacher). Class-balanced weights by channel take
+def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by, one_forward):
+    """coupled_loss runs current + replay through each network at once (or, with one_forward=False,
+    batch by batch: a run picks whichever is faster); the reference below is the plain per-batch
+    computation (one segmentor and one denoiser forward per batch, noise drawn batch by batch, the
+    replay batch distilled from a teacher). Class-balanced weights by channel take
     each batch's own class shares, as separate forwards would."""
     from c2gr_core.diffusion import Teacher, joint_loss
     from c2gr_core.losses import seg_loss
@@ -116,7 +118,7 @@ def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb,
     teacher = (C2GRModel(preset("tiny"), c_max=3, emb=emb).denoiser.eval(), torch.randn(2, m.prompt.node_dim))
     cur, rep = batch(1, n=3, seed=1), batch(0, n=2, seed=2)
     torch.manual_seed(7)
-    out = coupled_loss(m, emb, 1, cur, rep, sched, N_CLASSES, teacher=teacher)
+    out = coupled_loss(m, emb, 1, cur, rep, sched, N_CLASSES, teacher=teacher, one_forward=one_forward)
 
     torch.manual_seed(7)
     z, _ = m.prompts(emb, 1)
@@ -128,3 +130,4 @@ def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb,
                                         sched, teacher=tch).total
     for key, v in ref.items():
         torch.testing.assert_close(out[key], v, rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(out["loss"], sum(ref.values()), rtol=1e-5, atol=1e-6)

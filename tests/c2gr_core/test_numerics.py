@@ -101,15 +101,22 @@ def _autocast_seen(monkeypatch) -> list[bool]:
     return seen
 
 
+def _fake_kernels(monkeypatch, attention: dict, forward: dict) -> None:
+    monkeypatch.setattr(numerics, "probe_attention", lambda *a, **k: dict(attention))
+    monkeypatch.setattr(numerics, "probe_forward", lambda *a, **k: dict(forward))
+
+
 def test_auto_run_trains_with_the_measured_setup_and_records_it(tmp_path, monkeypatch):
     fake = {"fp32": 1.0, "fp32_channels_last": 0.9, "bf16": 0.5}   # bf16 clearly faster
     monkeypatch.setattr(numerics, "probe", lambda *a, **k: dict(fake))
+    _fake_kernels(monkeypatch, {"math": 1.0, "sdpa": 0.95}, {"one": 1.0, "separate": 0.95})   # neither clearly
     seen = _autocast_seen(monkeypatch)
     cfg = small_cfg()
     cfg.train.amp_bf16 = "auto"
     run_stream(STREAM[:1], "c2gr", cfg, tmp_path / "run", progress=False)
     rec = json.loads((tmp_path / "run" / "numerics.json").read_text())
-    assert rec == {"setup": "bf16", "setting": "auto", "probe_s": fake}
+    assert rec == {"setup": "bf16", "setting": "auto", "attention": "math", "one_forward": True,
+                   "probe_s": {**fake, "math": 1.0, "sdpa": 0.95, "one": 1.0, "separate": 0.95}}
     assert seen and all(seen)
 
 
@@ -119,10 +126,13 @@ def test_auto_run_resumes_with_the_recorded_setup_bit_equal(tmp_path, monkeypatc
     cfg = small_cfg()
     cfg.train.amp_bf16 = "auto"
     monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 0.8, "bf16": 0.9})
+    _fake_kernels(monkeypatch, {"math": 1.0, "sdpa": 0.5}, {"one": 1.0, "separate": 0.5})   # both non-defaults
     full = run_stream(STREAM, "c2gr", cfg, tmp_path / "full", progress=False).matrix
     run_stream(STREAM, "c2gr", cfg, tmp_path / "cut", progress=False, max_rounds=1)
-    assert json.loads((tmp_path / "cut" / "numerics.json").read_text())["setup"] == "fp32_channels_last"
-    monkeypatch.setattr(numerics, "probe", lambda *a, **k: pytest.fail("a resumed run must not re-measure"))
+    rec = json.loads((tmp_path / "cut" / "numerics.json").read_text())
+    assert (rec["setup"], rec["attention"], rec["one_forward"]) == ("fp32_channels_last", "sdpa", False)
+    for name in ("probe", "probe_attention", "probe_forward"):
+        monkeypatch.setattr(numerics, name, lambda *a, **k: pytest.fail("a resumed run must not re-measure"))
     resumed = run_stream(STREAM, "c2gr", cfg, tmp_path / "cut", progress=False, resume=True).matrix
     np.testing.assert_array_equal(np.nan_to_num(resumed, nan=-1), np.nan_to_num(full, nan=-1))
 
@@ -199,3 +209,116 @@ def test_every_method_offers_the_networks_auto_times_without_moving_the_rng(name
     for net, inputs in nets:
         assert inputs[0].shape[0] == m.probe_batch(net) >= 2 * cfg.train.batch_size
         net(*inputs)   # the inputs fit the network
+
+
+# ------------------------------------------------------------------ attention kernel and forward batching per run
+@pytest.mark.parametrize("times, chosen", [
+    ({}, (None, True)),                                                     # nothing timed: the defaults
+    ({"math": 1.0, "sdpa": 0.95, "one": 1.0, "separate": 0.95}, ("math", True)),   # 1.05x: not clearly
+    ({"math": 1.0, "sdpa": 0.90}, ("sdpa", True)),                          # 1.11x >= 1.10
+    ({"math": 0.5, "sdpa": 1.0, "one": 1.0, "separate": 0.80}, ("math", False)),   # 1.25x
+    ({"one": 1.0, "separate": 2.0}, (None, True)),
+])
+def test_choose_kernels_keeps_the_defaults_unless_clearly_beaten(times, chosen):
+    assert numerics.choose_kernels(times) == chosen
+
+
+class _Kernels(torch.nn.Module):
+    """Sleeps by attention kernel (its child's flag, as MONAI's blocks carry it) and by rows: a fixed
+    cost per call plus a cost per row, so the number and size of the forwards decide. Records calls."""
+
+    calls: list = []
+
+    def __init__(self, per_call: float, per_row: float, sdpa_factor: float = 1.0):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.block = torch.nn.Module()
+        self.block.use_flash_attention = False
+        self.per_call, self.per_row, self.sdpa_factor = per_call, per_row, sdpa_factor
+
+    def forward(self, x):
+        sdpa = self.block.use_flash_attention
+        _Kernels.calls.append(("sdpa" if sdpa else "math", len(x)))
+        time.sleep((self.per_call + self.per_row * len(x)) * (self.sdpa_factor if sdpa else 1.0))
+        return self.lin(x)
+
+
+def test_probe_attention_times_each_kernel_on_copies(monkeypatch):
+    monkeypatch.setattr(_Kernels, "calls", [])
+    net = _Kernels(0.01, 0.0, sdpa_factor=3.0)
+    plain = torch.nn.Linear(2, 2)   # no attention block: not timed
+    t = numerics.probe_attention([(net, (torch.zeros(4, 2),)), (plain, (torch.zeros(4, 2),))],
+                                 "fp32", torch.device("cpu"), reps=2)
+    assert set(t) == {"math", "sdpa"} and t["sdpa"] >= 3 * 0.01 > t["math"] >= 0.01
+    assert {k for k, _ in _Kernels.calls} == {"math", "sdpa"} and net.block.use_flash_attention is False
+    assert numerics.choose_kernels(t) == ("math", True)
+    assert numerics.probe_attention([(plain, (torch.zeros(4, 2),))], "fp32", torch.device("cpu")) == {}
+
+
+@pytest.mark.parametrize("per_call, per_row, one", [(0.02, 0.001, True),    # overhead per call: one forward wins
+                                                    (0.0, 0.004, None)])    # cost by rows only: a tie
+def test_probe_forward_runs_all_rows_once_against_two_halves(monkeypatch, per_call, per_row, one):
+    monkeypatch.setattr(_Kernels, "calls", [])
+    t = numerics.probe_forward([(_Kernels(per_call, per_row), (torch.zeros(8, 2),))], "fp32", None,
+                               torch.device("cpu"), reps=2)
+    assert sorted({n for _, n in _Kernels.calls}) == [4, 8]
+    assert [n for _, n in _Kernels.calls].count(4) == 2 * [n for _, n in _Kernels.calls].count(8)
+    if one is not None:
+        assert numerics.choose_kernels(t)[1] is one and t["separate"] >= 2 * per_call
+    else:   # 8 rows at once or 4 + 4 take the same time, far from the 1.10 margin
+        assert 0.8 < t["one"] / t["separate"] < 1.25
+
+
+def test_kernel_probes_on_real_networks_leave_them_alone():
+    net = Denoiser(DenoiserConfig(), mask_channels=3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = torch.get_rng_state()
+    nets = [(net, net.example_inputs(4, 16))]
+    t = {**numerics.probe_attention(nets, "fp32", torch.device("cpu"), reps=1),
+         **numerics.probe_forward(nets, "fp32", "sdpa", torch.device("cpu"), reps=1)}
+    assert set(t) == {"math", "sdpa", "one", "separate"} and all(v > 0 for v in t.values())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters()) and net.attention is None
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_auto_run_trains_with_the_chosen_kernels_and_keeps_them_when_loaded(tmp_path, monkeypatch):
+    from c2gr_core.experiment.runs import load_method
+    from c2gr_core.methods import c2gr as c2gr_module
+
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 1.0, "bf16": 1.0})
+    _fake_kernels(monkeypatch, {"math": 1.0, "sdpa": 0.5}, {"one": 1.0, "separate": 0.5})
+    seen = []
+    original = c2gr_module.coupled_loss
+
+    def spy(model, *a, **k):
+        seen.append((k["one_forward"], frozenset(_attention_flags(model.segmentor) | _attention_flags(model.denoiser))))
+        return original(model, *a, **k)
+
+    monkeypatch.setattr(c2gr_module, "coupled_loss", spy)
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    run_stream(STREAM, "c2gr", cfg, tmp_path / "run", progress=False)
+    assert seen and set(seen) == {(False, frozenset({True}))}
+    m = load_method(tmp_path / "run")
+    assert (m.ctx.numerics.attention, m.ctx.numerics.one_forward) == ("sdpa", False)
+    assert _attention_flags(m.model.denoiser) == {True} and m.model.denoiser.attention == "sdpa"
+
+
+def test_a_method_without_a_batched_step_does_not_time_forwards(tmp_path, monkeypatch):
+    monkeypatch.setattr(numerics, "probe", lambda *a, **k: {"fp32": 1.0, "fp32_channels_last": 1.0, "bf16": 1.0})
+    _fake_kernels(monkeypatch, {"math": 1.0, "sdpa": 1.0}, {})
+    monkeypatch.setattr(numerics, "probe_forward", lambda *a, **k: pytest.fail("finetune has no batched step"))
+    cfg = small_cfg()
+    cfg.train.amp_bf16 = "auto"
+    run_stream(STREAM[:1], "finetune", cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "numerics.json").read_text())["one_forward"] is True
+
+
+def test_records_without_kernels_read_as_the_defaults_and_bad_ones_are_refused():
+    old = numerics.Numerics.from_dict({"setup": "fp32", "setting": "auto", "probe_s": {}})
+    assert (old.attention, old.one_forward) == (None, True)
+    with pytest.raises(ValueError, match="attention"):
+        numerics.Numerics.from_dict({"setup": "fp32", "attention": "flash"})
+    with pytest.raises(ValueError, match="one_forward"):
+        numerics.Numerics.from_dict({"setup": "fp32", "one_forward": "yes"})
