@@ -122,7 +122,7 @@ class TrainConfig:
     gen_lr: float | None = None               # generator (denoiser) learning rate; None: same as lr
     gen_epochs: int | None = None             # generator epochs per round (>= epochs); None: same as epochs
     replay_per_task: int | None = None        # None: as many as the task's training set (sec. 4.2)
-    amp_bf16: bool | str = False             # true, false or "auto": measured per run (training/numerics.py)
+    amp_bf16: bool | str = False             # true, false or "auto": measured per run, with the CPU kernels (training/numerics.py)
     seed: int = 0
     device: str = "cpu"
 

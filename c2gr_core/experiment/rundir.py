@@ -5,7 +5,7 @@ reads through it.
     config.json       the resolved ExperimentConfig (written last at start: it marks a run)
     stream.json       entries, task names, method name
     environment.json  versions, CPU, threads, git commit, world size
-    numerics.json     fp32 / bf16 and memory layout the run trains with (train.amp_bf16; "auto": measured)
+    numerics.json     fp32 / bf16, memory layout and kernels the run trains with (train.amp_bf16; "auto": measured)
     matrix.csv        D[i, j]: DSC on task j after round i (empty above the diagonal)
     metrics.json      Overall / BWT / TL of the finished rounds, final row, complete flag
     per_class.json    per-class DSC of every evaluation
