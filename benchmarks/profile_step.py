@@ -131,14 +131,21 @@ def probe_like_a_run(setup: Setup, cfg) -> dict[str, float]:
     return numerics.probe(nets, torch.device("cpu"))
 
 
-def numerics_like_a_run(setup: Setup, cfg) -> tuple[numerics.Numerics, float]:
+def numerics_like_a_run(setup: Setup, cfg, fixed_setup: str | None = None) -> tuple[numerics.Numerics, float]:
     """What a C2GR run of `cfg` with train.amp_bf16 = "auto" would train with here, and the seconds
-    its probe took (a run's start-up cost)."""
+    its probe took (a run's start-up cost). `fixed_setup` skips the setup probe (a result already known
+    on this CPU: bf16 takes minutes per timing where it is emulated) and probes only the kernels."""
     B = cfg.train.batch_size
     nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
             (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
+    cpu = torch.device("cpu")
     t0 = time.perf_counter()
-    chosen = numerics.resolve("auto", nets, torch.device("cpu"), one_forward_step=True)
+    if fixed_setup is None:
+        chosen = numerics.resolve("auto", nets, cpu, one_forward_step=True)
+    else:
+        kernels = numerics.probe_attention(nets, fixed_setup, cpu)
+        kernels.update(numerics.probe_forward(nets, fixed_setup, numerics.choose_kernels(kernels)[0], cpu))
+        chosen = numerics.Numerics(fixed_setup, "auto", kernels, *numerics.choose_kernels(kernels))
     return chosen, time.perf_counter() - t0
 
 
@@ -169,6 +176,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", action="store_true",
                     help="also time each change of 'after' alone on top of 'before'")
     ap.add_argument("--no-ops", action="store_true", help="time only: no profile by op")
+    ap.add_argument("--setup", choices=numerics.SETUPS, default=None,
+                    help="take this setup instead of probing it (the kernels are still probed)")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, small batch, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -183,7 +192,7 @@ def main(argv=None) -> dict:
             ap.error(f"--replay-pairs must be >= 1, got {args.replay_pairs}")
         cfg.train.replay_per_task = args.replay_pairs
     setup = Setup(cfg)
-    run_numerics, probe_wall = numerics_like_a_run(setup, cfg)
+    run_numerics, probe_wall = numerics_like_a_run(setup, cfg, args.setup)
     probe_s, chosen = run_numerics.probe_s, run_numerics.setup
     cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
              "after": Case(setup, cfg, run_numerics.attention or "math", chosen, chosen == "bf16",
@@ -211,6 +220,7 @@ def main(argv=None) -> dict:
               "replay_pairs_sampled": cfg.train.replay_per_task or cfg.data.n_train,
               "sampler": f"{cfg.diffusion.sampler}-{cfg.diffusion.sample_steps}",
               "numerics_probe_s": probe_s, "numerics_probe_wall_s": round(probe_wall, 1), "after_setup": chosen,
+              "setup_probed": args.setup is None,
               "after_attention": run_numerics.attention, "after_one_forward": run_numerics.one_forward,
               "reps": args.reps, "calls": {}}
     for c in calls:

@@ -126,6 +126,13 @@ def test_profile_step_split_times_each_change_alone(tmp_path):
         assert call["speedup"] == call["speedup_over_before"]["after"]
 
 
+def test_profile_step_with_a_given_setup_probes_only_the_kernels(tmp_path):
+    r = script("profile_step").main(["--quick", "--no-ops", "--setup", "fp32_channels_last",
+                                     "--out", str(tmp_path / "p.json")])
+    assert r["after_setup"] == "fp32_channels_last" and not r["setup_probed"]
+    assert set(r["numerics_probe_s"]) == {"math", "sdpa", "one", "separate"}
+
+
 def test_profile_step_refuses_a_replay_size_below_one(tmp_path):
     with pytest.raises(SystemExit):
         script("profile_step").main(["--quick", "--replay-pairs", "0", "--out", str(tmp_path / "p.json")])
