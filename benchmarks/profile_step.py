@@ -14,7 +14,7 @@ op mix stays the same; --replay-pairs makes the profile affordable on a slow CPU
 samples all 200 training pairs of a task per call).
 
 "before" = what every run did until these changes: torch's fused attention kernel, fp32, contiguous,
-and one forward per batch (`previous_coupled_loss`, the earlier body of `coupled_loss`); "after" =
+and one forward per batch (`coupled_loss(one_forward=False)`); "after" =
 what a run of the preset chooses on this machine with train.amp_bf16 = "auto" (`training/numerics.py`,
 measured here the same way: the setup, the attention kernel, one forward or two);
 "fixed_kernels" = what runs did before the kernel and the forward batching were chosen per run (the
@@ -64,23 +64,7 @@ def group_of(op: str) -> str:
     return "other"
 
 
-def previous_coupled_loss(model, emb, t, current, replay, scheduler, n_classes, train_segmentor=True,
-                          train_generator=True, train_prompt=True, teacher=None) -> dict:
-    """coupled_loss before this change: each batch through each network on its own."""
-    from c2gr_core.diffusion import Teacher
-    from c2gr_core.losses import seg_loss
-
-    with nullcontext() if train_prompt else torch.no_grad():
-        z_seg, z_gen = model.prompts(emb, t)
-    out = {}
-    for name, b in (("cur", current), ("rep", replay)):
-        x, y, k = b.images, b.masks, b.tasks
-        if train_segmentor:
-            out[f"seg_{name}"] = seg_loss(model.segmentor(x, z_seg[k]), y, n_classes[k], groups=k)
-        if train_generator:
-            distil = Teacher(teacher[0], teacher[1][k]) if teacher is not None and name == "rep" else None
-            out[f"gen_{name}"] = model.diffusion_loss(x, y, z_gen[k], scheduler, teacher=distil)
-    return {"loss": sum(out.values()), **out}
+SEPARATE = partial(coupled_loss, one_forward=False)   # one forward per batch, as before
 
 
 class Case:
@@ -125,27 +109,25 @@ class Case:
 def probe_like_a_run(setup: Setup, cfg) -> dict[str, float]:
     """numerics.probe on the batches a run of `cfg` probes (Method.probe_batch): current + replay
     through the segmentor, BJD's three terms of both through the denoiser."""
+    return numerics.probe(run_networks(setup, cfg), torch.device("cpu"))
+
+
+def run_networks(setup: Setup, cfg) -> list:
+    """The (network, inputs) a C2GR run of `cfg` probes (Method.probe_batch): current + replay rows
+    through the segmentor, BJD's three terms of both through the denoiser."""
     B = cfg.train.batch_size
-    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
+    return [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
             (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
-    return numerics.probe(nets, torch.device("cpu"))
 
 
 def numerics_like_a_run(setup: Setup, cfg, fixed_setup: str | None = None) -> tuple[numerics.Numerics, float]:
     """What a C2GR run of `cfg` with train.amp_bf16 = "auto" would train with here, and the seconds
     its probe took (a run's start-up cost). `fixed_setup` skips the setup probe (a result already known
     on this CPU: bf16 takes minutes per timing where it is emulated) and probes only the kernels."""
-    B = cfg.train.batch_size
-    nets = [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
-            (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]
-    cpu = torch.device("cpu")
+    nets, cpu = run_networks(setup, cfg), torch.device("cpu")
     t0 = time.perf_counter()
-    if fixed_setup is None:
-        chosen = numerics.resolve("auto", nets, cpu, one_forward_step=True)
-    else:
-        kernels = numerics.probe_attention(nets, fixed_setup, cpu)
-        kernels.update(numerics.probe_forward(nets, fixed_setup, numerics.choose_kernels(kernels)[0], cpu))
-        chosen = numerics.Numerics(fixed_setup, "auto", kernels, *numerics.choose_kernels(kernels))
+    chosen = (numerics.resolve("auto", nets, cpu, one_forward_step=True) if fixed_setup is None else
+              numerics.resolve_kernels(nets, fixed_setup, cpu, one_forward_step=True))
     return chosen, time.perf_counter() - t0
 
 
@@ -194,15 +176,15 @@ def main(argv=None) -> dict:
     setup = Setup(cfg)
     run_numerics, probe_wall = numerics_like_a_run(setup, cfg, args.setup)
     probe_s, chosen = run_numerics.probe_s, run_numerics.setup
-    cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=previous_coupled_loss),
+    cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=SEPARATE),
              "after": Case(setup, cfg, run_numerics.attention or "math", chosen, chosen == "bf16",
                            loss=partial(coupled_loss, one_forward=run_numerics.one_forward)),
              "fixed_kernels": Case(setup, cfg, "math", chosen, chosen == "bf16")}
     if args.split:
-        cases["einsum_attention_only"] = Case(setup, cfg, "math", "fp32", False, loss=previous_coupled_loss)
+        cases["einsum_attention_only"] = Case(setup, cfg, "math", "fp32", False, loss=SEPARATE)
         cases["one_forward_only"] = Case(setup, cfg, "sdpa", "fp32", False)
         if chosen != "fp32":
-            cases[f"{chosen}_only"] = Case(setup, cfg, "sdpa", chosen, chosen == "bf16", loss=previous_coupled_loss)
+            cases[f"{chosen}_only"] = Case(setup, cfg, "sdpa", chosen, chosen == "bf16", loss=SEPARATE)
     calls = ("coupled_step", "generator_step", "replay_sampling")
     for case in cases.values():  # warm-up (allocator, oneDNN kernels)
         for c in calls:

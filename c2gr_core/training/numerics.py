@@ -194,9 +194,14 @@ def resolve(setting: bool | str, networks: list[tuple[nn.Module, tuple]], device
     setup = choose(probe_s)
     if device.type != "cpu":
         return Numerics(setup, setting, probe_s)
+    kernels = resolve_kernels(networks, setup, device, one_forward_step)
+    return Numerics(setup, setting, {**probe_s, **kernels.probe_s}, kernels.attention, kernels.one_forward)
+
+
+def resolve_kernels(networks: list[tuple[nn.Module, tuple]], setup: str, device: torch.device,
+                    one_forward_step: bool) -> Numerics:
+    """The attention kernel, then (with `one_forward_step`) the forward batching under it, in `setup`."""
     kernels = probe_attention(networks, setup, device)
-    attention, _ = choose_kernels(kernels)
     if one_forward_step:
-        kernels.update(probe_forward(networks, setup, attention, device))
-    attention, one_forward = choose_kernels(kernels)
-    return Numerics(setup, setting, {**probe_s, **kernels}, attention, one_forward)
+        kernels.update(probe_forward(networks, setup, choose_kernels(kernels)[0], device))
+    return Numerics(setup, "auto", kernels, *choose_kernels(kernels))
