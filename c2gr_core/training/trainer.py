@@ -87,7 +87,7 @@ class Trainer:
                     losses = step_fn(batch)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}: {({k: float(v) for k, v in losses.items()})}")
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {({k: float(v.detach()) for k, v in losses.items()})}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.grad_clip:
