@@ -12,7 +12,9 @@ and the EMA weights sample --pairs pairs with the preset's sampler and are score
 
 - correspondence DSC: the reference's prediction on the generated image vs the generated mask;
 - feature-FID on the reference's pooled bottleneck features, generated vs real test images;
-- the fractions of each label in the generated masks (real ones beside them).
+- the fractions of each label in the generated masks (real ones beside them);
+- the copy ratio: how near the generated images lie to the training pairs, relative to real test
+  images (`analysis.quality.copy_ratio`; near 0 = the generator replays its training set).
 
 A "noise" floor is measured too: pairs of uniform noise images with masks drawn from the real label
 fractions. Writes benchmarks/results/generator_recipes.json (rows are appended as they finish, and a
@@ -41,7 +43,7 @@ from c2gr_core.methods.coupled import C2GRModel  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_ema, make_scheduler, njd_loss, sample_pairs  # noqa: E402
 from c2gr_core.losses import seg_loss  # noqa: E402
 from c2gr_core.methods.finetune import FineTune  # noqa: E402
-from c2gr_core.analysis.quality import SegmentorFeatures, correspondence_dsc, feature_fid  # noqa: E402
+from c2gr_core.analysis.quality import SegmentorFeatures, copy_ratio, correspondence_dsc, feature_fid  # noqa: E402
 from c2gr_core.experiment.runs import method_context  # noqa: E402
 from c2gr_core.experiment.runner import evaluate  # noqa: E402
 from data_catalog.catalog import get_card  # noqa: E402
@@ -75,14 +77,15 @@ def train_reference(ctx, k: int, steps: int, log) -> tuple[FineTune, float]:
     return ref, dsc
 
 
-def score(images, labels, ref, k, n_classes, real_test, feats, c_max) -> dict:
+def score(images, labels, ref, k, n_classes, real_test, feats, c_max, real_train) -> dict:
     labels = labels.clone()
     labels[labels > n_classes] = 0
     corr = correspondence_dsc(images, labels, ref, k, n_classes)
     fid = feature_fid(real_test, images, feats)
     hist = np.bincount(labels.flatten().numpy(), minlength=c_max + 1) / labels.numel()
     return {"corr_dsc": corr["mean"], "corr_dsc_per_class": np.round(corr["per_class"], 4).tolist(),
-            "feature_fid": fid, "label_fractions": hist.round(4).tolist()}
+            "feature_fid": fid, "label_fractions": hist.round(4).tolist(),
+            "copy_ratio": copy_ratio(images, real_train, real_test)}
 
 
 def main(argv=None) -> dict:
@@ -133,11 +136,12 @@ def main(argv=None) -> dict:
         noise_x = torch.from_numpy(g.uniform(-1, 1, (args.pairs, 3, *real_test.shape[2:])).astype(np.float32))
         noise_y = torch.from_numpy(g.choice(c_max + 1, (args.pairs, *real_test.shape[2:]), p=real_frac))
         result["references"][card.name] = {"test_dsc": ref_dsc, "train_pairs": 400, "seed": REF_SEED,
+                                           "generator_train_pairs": len(data.train.images),
                                            "real_label_fractions": real_frac.round(4).tolist()}
-        result["noise"][card.name] = score(noise_x, noise_y, ref, k, n_cls, real_test, feats, c_max)
-        log(f"noise floor {card.name}: {result['noise'][card.name]}")
         x_all = torch.from_numpy(data.train.images)
         y_all = torch.from_numpy(data.train.masks).long()
+        result["noise"][card.name] = score(noise_x, noise_y, ref, k, n_cls, real_test, feats, c_max, x_all)
+        log(f"noise floor {card.name}: {result['noise'][card.name]}")
         for objective in args.objectives:
             for recipe in args.recipes:
                 if (card.name, objective, recipe) in done:
@@ -173,12 +177,13 @@ def main(argv=None) -> dict:
                     for name, net in (("raw", den), *((k, e.module) for k, e in emas.items())):
                         images, labels = sample_pairs(net, zeta, args.pairs, cfg.data.image_size, model.codec,
                                                       cfg=cfg.diffusion, generator=torch.Generator().manual_seed(1))
-                        row[name] = score(images, labels, ref, k, n_cls, real_test, feats, c_max)
+                        row[name] = score(images, labels, ref, k, n_cls, real_test, feats, c_max, x_all)
                     den.train()
                     checkpoints.append(row)
                     log(f"{card.name} {objective} {recipe} {step:5d} steps ({t_train:.0f} s)  corr-DSC " +
                         "  ".join(f"{w} {row[w]['corr_dsc']:.3f}" for w in ("raw", *emas)) + "  feature-FID " +
-                        "  ".join(f"{w} {row[w]['feature_fid']:.1f}" for w in ("raw", *emas)))
+                        "  ".join(f"{w} {row[w]['feature_fid']:.1f}" for w in ("raw", *emas)) + "  copy ratio " +
+                        "  ".join(f"{w} {row[w]['copy_ratio']:.2f}" for w in ("raw", *emas)))
                 result["rows"].append({"task": card.name, "objective": objective, "recipe": recipe,
                                        "checkpoints": checkpoints})
                 write_json(result, out)

@@ -8,6 +8,7 @@
   bottleneck features* (MONAI's FIDMetric is feature-agnostic), always labelled
   FEATURE_FID_LABEL; it is not comparable with published FID numbers. The Inception FID is
   computed only when the user gives a local torchvision inception_v3 state dict.
+- Copies: does a generator trained on few pairs replay its training set? (`copy_ratio`)
 - Cost (Fig. 9): learnable parameters of a method built on a stream.
 """
 from __future__ import annotations
@@ -177,6 +178,32 @@ def feature_fid(real_images, fake_images, extractor: FeatureExtractor) -> float:
         # MONAI still passes scipy's deprecated `disp` argument to sqrtm.
         warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
         return float(FIDMetric()(feats[1], feats[0]))
+
+
+# ------------------------------------------------------------------------------ copies
+@torch.no_grad()
+def copy_ratio(generated_images, train_images, held_out_images) -> float:
+    """How close generated images lie to the generator's training images, relative to new real ones:
+    the median over generated images of the pixel L2 distance to the nearest training image, divided
+    by the same median for held-out real images (the memorisation check of Somepalli et al., CVPR
+    2023, in pixel space). About 1: samples as new as unseen real images; near 0: copies of the
+    training set, whose masks correspond to their images whatever the objective learnt.
+    """
+    sets = {"generated_images": generated_images, "train_images": train_images, "held_out_images": held_out_images}
+    flat = {}
+    for what, imgs in sets.items():
+        t = _as_tensor(imgs, torch.float64)
+        if t.ndim < 2 or len(t) == 0:
+            raise ValueError(f"copy_ratio: {what} must be a non-empty batch (N, ...), got shape {tuple(t.shape)}")
+        flat[what] = t.reshape(len(t), -1)
+    if len({f.shape[1] for f in flat.values()}) != 1:
+        raise ValueError("copy_ratio: images of different sizes: "
+                         + ", ".join(f"{k} {tuple(_as_tensor(v).shape[1:])}" for k, v in sets.items()))
+    train = flat["train_images"]
+    nearest = {k: torch.cdist(flat[k], train).min(dim=1).values.quantile(0.5) for k in ("generated_images", "held_out_images")}
+    if nearest["held_out_images"] == 0:
+        raise ValueError("copy_ratio: the held-out images include copies of training images (distance 0)")
+    return float(nearest["generated_images"] / nearest["held_out_images"])
 
 
 # ------------------------------------------------------------------------ the replay table

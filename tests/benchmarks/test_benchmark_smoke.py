@@ -163,8 +163,10 @@ def test_generator_recipes_quick(tmp_path):
     for row in r["rows"]:
         for c in row["checkpoints"]:
             for w in ("raw", "ema"):
-                assert 0 <= c[w]["corr_dsc"] <= 1 and c[w]["feature_fid"] >= 0
+                assert 0 <= c[w]["corr_dsc"] <= 1 and c[w]["feature_fid"] >= 0 and c[w]["copy_ratio"] > 0
                 assert math.isclose(sum(c[w]["label_fractions"]), 1.0, rel_tol=1e-3)
+    # uniform noise lies farther from the training images than real test images do
+    assert r["noise"]["fundus-a"]["copy_ratio"] > 1
     assert "fundus-a" in r["noise"] and (tmp_path / "gr.png").is_file()
     # finished rows are skipped on a second call
     again = script("generator_recipes").main(["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "eps/uniform",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from c2gr_core.models.segmentor import PromptedUNet
-from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures, SegmentorFeatures, correspondence_dsc, feature_fid, learnable_params, replay_quality
+from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures, SegmentorFeatures, copy_ratio, correspondence_dsc, feature_fid, learnable_params, replay_quality
 from c2gr_core.prompting.rups import PlainPrompt
 from c2gr_core.experiment.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
@@ -87,6 +87,32 @@ def exact_moments(n, mean, cov, seed=0):
     z -= z.mean(0)
     z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T   # whiten: sample cov = I
     return torch.from_numpy(mean + z @ np.linalg.cholesky(cov).T)
+
+
+def test_copy_ratio_by_hand():
+    # 1-pixel images: training set {0, 10}; held-out real 1 and 9 lie 1 from it (median 1);
+    # generated 0.5 and 10 lie 0.5 and 0 from it (median 0.25).
+    img = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(-1, 1, 1, 1)  # noqa: E731
+    assert copy_ratio(img(0.5, 10), img(0, 10), img(1, 9)) == pytest.approx(0.25)
+    assert copy_ratio(img(0, 10, 10), img(0, 10), img(1, 9)) == 0.0
+
+
+def test_copy_ratio_near_one_for_new_draws_and_near_zero_for_copies():
+    g = torch.Generator().manual_seed(0)
+    train, held_out, new = (torch.randn(n, 3, 8, 8, generator=g) for n in (48, 64, 64))
+    assert copy_ratio(new, train, held_out) == pytest.approx(1.0, abs=0.1)
+    copies = train[torch.randint(0, 48, (64,), generator=g)] + 0.01 * torch.randn(64, 3, 8, 8, generator=g)
+    assert copy_ratio(copies, train, held_out) < 0.05
+
+
+def test_copy_ratio_bad_input():
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ValueError, match="generated_images"):
+        copy_ratio(torch.zeros(0, 3, 8, 8), x, x + 1)
+    with pytest.raises(ValueError, match="different sizes"):
+        copy_ratio(torch.zeros(4, 3, 4, 4), x, x + 1)
+    with pytest.raises(ValueError, match="held-out images include copies"):
+        copy_ratio(x, x, x)
 
 
 def test_feature_fid_matches_the_frechet_distance_of_two_gaussians():
