@@ -39,6 +39,7 @@ from ..training.access import TaskAccess
 FEATURE_FID_LABEL = "feature-FID (reference segmentor features)"
 INCEPTION_FID_LABEL = "Inception FID (user-supplied Inception-v3 weights)"
 CORRESPONDENCE_LABEL = "correspondence DSC"
+COPY_LABEL = "copy ratio"
 
 # torchvision's inception_v3 ImageNet weights expect ImageNet-normalised input (with transform_input).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -228,8 +229,9 @@ def replay_quality(run_dir: str | os.PathLike, reference: str | os.PathLike | Me
     reference: a JointTrain run directory (its final checkpoint is loaded) or a Method; tasks are
     matched by name, so the reference must have trained on every replayed task.
     Columns: round, task, n_pairs, n_real, CORRESPONDENCE_LABEL (mean over classes), per class,
-    FEATURE_FID_LABEL against the task's real test images, and INCEPTION_FID_LABEL when
-    `inception_weights` is given.
+    FEATURE_FID_LABEL against the task's real test images, COPY_LABEL (`copy_ratio` against the
+    task's training images: near 0 where the generator replays copies of them), and
+    INCEPTION_FID_LABEL when `inception_weights` is given.
     """
     info = read_run(run_dir)
     run = Path(run_dir)
@@ -248,7 +250,8 @@ def replay_quality(run_dir: str | os.PathLike, reference: str | os.PathLike | Me
         card = ref.ctx.cards[k]
         with np.load(f) as z:
             images, masks = torch.from_numpy(z["images"].astype(np.float32)), torch.from_numpy(z["masks"]).long()
-        real = load_run_task(run, j, data_root=data_root).test.images
+        task_data = load_run_task(run, j, data_root=data_root)
+        real = task_data.test.images
         if tuple(real.shape[1:]) != tuple(images.shape[1:]):
             raise ValueError(f"{f}: replayed images {tuple(images.shape[1:])} and real test images "
                              f"{tuple(real.shape[1:])} differ in size")
@@ -259,7 +262,8 @@ def replay_quality(run_dir: str | os.PathLike, reference: str | os.PathLike | Me
         row = {"round": r, "task": name, "n_pairs": len(images), "n_real": len(real),
                CORRESPONDENCE_LABEL: corr["mean"],
                "per_class": dict(zip(card.classes, map(float, corr["per_class"]))),
-               FEATURE_FID_LABEL: feature_fid(real, images, SegmentorFeatures(ref, k))}
+               FEATURE_FID_LABEL: feature_fid(real, images, SegmentorFeatures(ref, k)),
+               COPY_LABEL: copy_ratio(images, task_data.train.images, real)}
         if inception is not None:
             row[INCEPTION_FID_LABEL] = feature_fid(real, images, inception)
         rows.append(row)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from c2gr_core.models.segmentor import PromptedUNet
-from c2gr_core.analysis.quality import CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures, SegmentorFeatures, copy_ratio, correspondence_dsc, feature_fid, learnable_params, replay_quality
+from c2gr_core.analysis.quality import COPY_LABEL, CORRESPONDENCE_LABEL, FEATURE_FID_LABEL, INCEPTION_FID_LABEL, InceptionFeatures, SegmentorFeatures, copy_ratio, correspondence_dsc, feature_fid, learnable_params, replay_quality
 from c2gr_core.prompting.rups import PlainPrompt
 from c2gr_core.experiment.runs import load_method, load_run_task, method_context
 from data_catalog.catalog import get_card
@@ -198,6 +198,7 @@ def test_replay_quality_on_a_tiny_run(runs):
     assert 0.0 <= r[CORRESPONDENCE_LABEL] <= 1.0 and set(r["per_class"]) == {"optic disc", "optic cup"}
     assert np.isfinite(r[FEATURE_FID_LABEL]) and r[FEATURE_FID_LABEL] > 0
     assert not any(k == "FID" for k in r) and INCEPTION_FID_LABEL not in r
+    assert np.isfinite(r[COPY_LABEL]) and r[COPY_LABEL] > 0
     # the same table from an already loaded reference
     again = replay_quality(runs["c2gr"], load_method(runs["joint"]), round=1)
     assert again[0][FEATURE_FID_LABEL] == pytest.approx(r[FEATURE_FID_LABEL], rel=1e-6)
