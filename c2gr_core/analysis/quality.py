@@ -183,25 +183,37 @@ def feature_fid(real_images, fake_images, extractor: FeatureExtractor) -> float:
 
 # ------------------------------------------------------------------------------ copies
 @torch.no_grad()
-def copy_ratio(generated_images, train_images, held_out_images) -> float:
+def copy_ratio(generated_images, train_images, held_out_images, chunk: int = 256) -> float:
     """How close generated images lie to the generator's training images, relative to new real ones:
     the median over generated images of the pixel L2 distance to the nearest training image, divided
     by the same median for held-out real images (the memorisation check of Somepalli et al., CVPR
     2023, in pixel space). About 1: samples as new as unseen real images; near 0: copies of the
     training set, whose masks correspond to their images whatever the objective learnt.
     """
+    if chunk < 1:
+        raise ValueError(f"copy_ratio: chunk must be >= 1, got {chunk}")
     sets = {"generated_images": generated_images, "train_images": train_images, "held_out_images": held_out_images}
-    flat = {}
+    shapes = {}
     for what, imgs in sets.items():
+        shape = tuple(imgs.shape)
+        if len(shape) < 2 or shape[0] == 0:
+            raise ValueError(f"copy_ratio: {what} must be a non-empty batch (N, ...), got shape {shape}")
+        shapes[what] = shape[1:]
+    if len(set(shapes.values())) != 1:
+        raise ValueError("copy_ratio: images of different sizes: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+
+    def flat(imgs) -> torch.Tensor:
         t = _as_tensor(imgs, torch.float64)
-        if t.ndim < 2 or len(t) == 0:
-            raise ValueError(f"copy_ratio: {what} must be a non-empty batch (N, ...), got shape {tuple(t.shape)}")
-        flat[what] = t.reshape(len(t), -1)
-    if len({f.shape[1] for f in flat.values()}) != 1:
-        raise ValueError("copy_ratio: images of different sizes: "
-                         + ", ".join(f"{k} {tuple(_as_tensor(v).shape[1:])}" for k, v in sets.items()))
-    train = flat["train_images"]
-    nearest = {k: torch.cdist(flat[k], train).min(dim=1).values.quantile(0.5) for k in ("generated_images", "held_out_images")}
+        return t.reshape(len(t), -1)
+
+    nearest = {}
+    for what in ("generated_images", "held_out_images"):
+        query = flat(sets[what])
+        best = torch.full((len(query),), float("inf"), dtype=torch.float64)
+        # Training sets of real datasets can be large (memory-mapped on disk): compare chunk by chunk.
+        for s in range(0, len(train_images), chunk):
+            best = torch.minimum(best, torch.cdist(query, flat(train_images[s:s + chunk])).min(dim=1).values)
+        nearest[what] = best.quantile(0.5)
     if nearest["held_out_images"] == 0:
         raise ValueError("copy_ratio: the held-out images include copies of training images (distance 0)")
     return float(nearest["generated_images"] / nearest["held_out_images"])

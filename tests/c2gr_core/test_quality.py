@@ -103,6 +103,9 @@ def test_copy_ratio_near_one_for_new_draws_and_near_zero_for_copies():
     assert copy_ratio(new, train, held_out) == pytest.approx(1.0, abs=0.1)
     copies = train[torch.randint(0, 48, (64,), generator=g)] + 0.01 * torch.randn(64, 3, 8, 8, generator=g)
     assert copy_ratio(copies, train, held_out) < 0.05
+    # chunks of the training set give the same nearest neighbours
+    assert copy_ratio(copies, train, held_out, chunk=5) == pytest.approx(copy_ratio(copies, train, held_out), rel=1e-12)
+    assert copy_ratio(new, train.numpy(), held_out, chunk=7) == pytest.approx(copy_ratio(new, train, held_out), rel=1e-12)
 
 
 def test_copy_ratio_bad_input():
@@ -113,6 +116,8 @@ def test_copy_ratio_bad_input():
         copy_ratio(torch.zeros(4, 3, 4, 4), x, x + 1)
     with pytest.raises(ValueError, match="held-out images include copies"):
         copy_ratio(x, x, x)
+    with pytest.raises(ValueError, match="chunk"):
+        copy_ratio(x, x, x + 1, chunk=0)
 
 
 def test_feature_fid_matches_the_frechet_distance_of_two_gaussians():
