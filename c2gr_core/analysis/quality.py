@@ -206,14 +206,14 @@ def copy_ratio(generated_images, train_images, held_out_images, chunk: int = 256
         t = _as_tensor(imgs, torch.float64)
         return t.reshape(len(t), -1)
 
-    nearest = {}
-    for what in ("generated_images", "held_out_images"):
-        query = flat(sets[what])
-        best = torch.full((len(query),), float("inf"), dtype=torch.float64)
-        # Training sets of real datasets can be large (memory-mapped on disk): compare chunk by chunk.
-        for s in range(0, len(train_images), chunk):
-            best = torch.minimum(best, torch.cdist(query, flat(train_images[s:s + chunk])).min(dim=1).values)
-        nearest[what] = best.quantile(0.5)
+    queries = {what: flat(sets[what]) for what in ("generated_images", "held_out_images")}
+    best = {what: torch.full((len(q),), float("inf"), dtype=torch.float64) for what, q in queries.items()}
+    # Training sets of real datasets can be large (memory-mapped on disk): compare chunk by chunk.
+    for s in range(0, len(train_images), chunk):
+        train = flat(train_images[s:s + chunk])
+        for what, q in queries.items():
+            best[what] = torch.minimum(best[what], torch.cdist(q, train).min(dim=1).values)
+    nearest = {what: b.quantile(0.5) for what, b in best.items()}
     if nearest["held_out_images"] == 0:
         raise ValueError("copy_ratio: the held-out images include copies of training images (distance 0)")
     return float(nearest["generated_images"] / nearest["held_out_images"])
