@@ -102,6 +102,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a preset value, as `c2gr run --set` (e.g. denoiser.channels=[16,32,32])")
     ap.add_argument("--ref-steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the generator's seed: its training pairs, initial weights, batch order, diffusion noise and "
+                         "sampling noise (the reference segmentors keep theirs, so every seed is scored by one ruler)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "generator_recipes.json"))
     args = ap.parse_args(argv)
@@ -112,6 +115,9 @@ def main(argv=None) -> dict:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
     base = apply_overrides(preset(args.preset), args.set)
+    if any(s.startswith("train.seed=") for s in args.set):
+        raise SystemExit("--set train.seed: use --seed, which seeds the generator's weights and noise too")
+    base.train.seed = args.seed
     base.prompt.encoder = "minilm"
     if args.gen_lr is not None:
         base.train.gen_lr = args.gen_lr
@@ -122,7 +128,7 @@ def main(argv=None) -> dict:
                         "lr": base.train.gen_lr or base.train.lr, "batch_size": base.train.batch_size,
                         "sampler": f"{base.diffusion.sampler}-{base.diffusion.sample_steps}", "ema": args.ema[0],
                         "ema_alternatives": args.ema[1:],
-                        "pairs": args.pairs, "snr_gamma": base.diffusion.snr_gamma, "threads": args.threads,
+                        "pairs": args.pairs, "seed": base.train.seed, "snr_gamma": base.diffusion.snr_gamma, "threads": args.threads,
                         "steps": sorted(args.steps)}
     for k, card in enumerate(cards):
         data = synthetic_task(card, base.data.image_size, base.data.n_train, base.data.n_val, base.data.n_test,
@@ -148,7 +154,7 @@ def main(argv=None) -> dict:
                     continue
                 cfg = copy.deepcopy(base)
                 cfg.diffusion.prediction, cfg.diffusion.loss_weighting = recipe.split("/")
-                torch.manual_seed(0)
+                torch.manual_seed(args.seed)
                 model = C2GRModel(cfg, c_max, ctx.emb, objective=objective)
                 with torch.no_grad():
                     zeta = model.prompts(ctx.emb, len(cards) - 1)[1][k].detach()  # fixed: only the denoiser learns
@@ -157,7 +163,7 @@ def main(argv=None) -> dict:
                 opt = torch.optim.AdamW(den.parameters(), lr=cfg.train.gen_lr or cfg.train.lr)
                 sched = make_scheduler(cfg.diffusion, "ddpm")
                 loss_fn = bjd_loss if objective == "bjd" else njd_loss
-                rng = np.random.default_rng(0)
+                rng = np.random.default_rng(args.seed)
                 B, step, t_train, checkpoints = cfg.train.batch_size, 0, 0.0, []
                 for target in sorted(args.steps):
                     t0 = time.perf_counter()
@@ -176,7 +182,7 @@ def main(argv=None) -> dict:
                     row = {"steps": step, "loss": float(loss.detach()), "train_s": round(t_train, 1)}
                     for name, net in (("raw", den), *((k, e.module) for k, e in emas.items())):
                         images, labels = sample_pairs(net, zeta, args.pairs, cfg.data.image_size, model.codec,
-                                                      cfg=cfg.diffusion, generator=torch.Generator().manual_seed(1))
+                                                      cfg=cfg.diffusion, generator=torch.Generator().manual_seed(args.seed + 1))
                         row[name] = score(images, labels, ref, k, n_cls, real_test, feats, c_max, x_all)
                     den.train()
                     checkpoints.append(row)

@@ -175,6 +175,20 @@ def test_generator_recipes_quick(tmp_path):
     assert len(again["rows"]) == 2
 
 
+def test_generator_recipes_seed_changes_the_generator_not_the_ruler(tmp_path):
+    args = ["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "v/min_snr", "--objectives", "bjd", "--steps", "2",
+            "--pairs", "4", "--ref-steps", "2"]
+    runs = {s: script("generator_recipes").main(args + ["--seed", str(s), "--out", str(tmp_path / f"s{s}.json")])
+            for s in (0, 1)}
+    assert [runs[s]["config"]["seed"] for s in (0, 1)] == [0, 1]
+    # one ruler: the reference segmentor does not depend on the generator's seed
+    assert runs[0]["references"]["fundus-a"]["test_dsc"] == runs[1]["references"]["fundus-a"]["test_dsc"]
+    scores = [runs[s]["rows"][0]["checkpoints"][0]["raw"] for s in (0, 1)]
+    assert scores[0]["feature_fid"] != scores[1]["feature_fid"]
+    with pytest.raises(SystemExit, match="--seed"):
+        script("generator_recipes").main(args + ["--set", "train.seed=1", "--out", str(tmp_path / "x.json")])
+
+
 RECIPE_NAMES = ["eps/uniform", "eps/min_snr", "v/uniform", "v/min_snr"]
 
 
