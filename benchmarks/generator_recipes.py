@@ -16,6 +16,9 @@ and the EMA weights sample --pairs pairs with the preset's sampler and are score
 - the copy ratio: how near the generated images lie to the training pairs, relative to real test
   images (`analysis.quality.copy_ratio`; near 0 = the generator replays its training set).
 
+`--seed S` draws another generator (training pairs, initial weights, batch order, diffusion and sampling noise)
+while the references keep their seed, so seeds are compared with one ruler.
+
 A "noise" floor is measured too: pairs of uniform noise images with masks drawn from the real label
 fractions. Writes benchmarks/results/generator_recipes.json (rows are appended as they finish, and a
 re-run skips finished rows) and generator_recipes.png.
