@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
                         "lr": base.train.gen_lr or base.train.lr, "batch_size": base.train.batch_size,
                         "sampler": f"{base.diffusion.sampler}-{base.diffusion.sample_steps}", "ema": args.ema[0],
                         "ema_alternatives": args.ema[1:],
-                        "pairs": args.pairs, "seed": base.train.seed, "snr_gamma": base.diffusion.snr_gamma, "threads": args.threads,
+                        "pairs": args.pairs, "seed": base.train.seed, "snr_gamma": base.diffusion.snr_gamma,
+                        "threads": args.threads,
                         "steps": sorted(args.steps)}
     for k, card in enumerate(cards):
         data = synthetic_task(card, base.data.image_size, base.data.n_train, base.data.n_val, base.data.n_test,
@@ -185,7 +186,8 @@ def main(argv=None) -> dict:
                     row = {"steps": step, "loss": float(loss.detach()), "train_s": round(t_train, 1)}
                     for name, net in (("raw", den), *((k, e.module) for k, e in emas.items())):
                         images, labels = sample_pairs(net, zeta, args.pairs, cfg.data.image_size, model.codec,
-                                                      cfg=cfg.diffusion, generator=torch.Generator().manual_seed(args.seed + 1))
+                                                      cfg=cfg.diffusion,
+                                                      generator=torch.Generator().manual_seed(args.seed + 1))
                         row[name] = score(images, labels, ref, k, n_cls, real_test, feats, c_max, x_all)
                     den.train()
                     checkpoints.append(row)
