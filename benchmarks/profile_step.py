@@ -24,6 +24,11 @@ benchmarks/results/profile/<preset>.json (or --out): per call the wall time (min
 the top ops with their share, before and after. --split adds one case per change, "before" plus that
 change alone (einsum attention; one forward; the chosen numerics where they are not plain fp32), so a
 speed-up or slow-down of "after" can be traced to its cause; --no-ops times without profiling by op.
+
+The process's malloc keeps what a step frees, as in a run (`training/allocator.py`; `--default-malloc`
+to measure without it): the run-time probe and the steps are timed in the allocator state a run has.
+--probe-repeats N runs the kernel probe N times in a row (the first decides "after", as in a run) to
+show how stable its choice is.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.diffusion import sample_pairs  # noqa: E402
 from c2gr_core.methods.coupled import coupled_loss  # noqa: E402
 from c2gr_core.models.attention import fix_attention  # noqa: E402
-from c2gr_core.training import numerics  # noqa: E402
+from c2gr_core.training import allocator, numerics  # noqa: E402
 
 GROUPS = [("convolution", ("conv",)), ("attention", ("attention", "softmax", "bmm", "baddbmm", "einsum")),
           ("matmul", ("mm", "addmm", "linear")), ("normalisation", ("group_norm", "layer_norm")),
@@ -160,6 +165,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-ops", action="store_true", help="time only: no profile by op")
     ap.add_argument("--setup", choices=numerics.SETUPS, default=None,
                     help="take this setup instead of probing it (the kernels are still probed)")
+    ap.add_argument("--probe-repeats", type=int, default=1,
+                    help="run the run-time probe this many times (the first decides 'after'; default 1)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc malloc as it comes (runs keep freed memory: training/allocator.py)")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, small batch, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -173,8 +182,13 @@ def main(argv=None) -> dict:
         if args.replay_pairs < 1:
             ap.error(f"--replay-pairs must be >= 1, got {args.replay_pairs}")
         cfg.train.replay_per_task = args.replay_pairs
+    if args.probe_repeats < 1:
+        ap.error(f"--probe-repeats must be >= 1, got {args.probe_repeats}")
+    if not args.default_malloc:
+        allocator.keep_freed_memory()
     setup = Setup(cfg)
     run_numerics, probe_wall = numerics_like_a_run(setup, cfg, args.setup)
+    repeats = [numerics_like_a_run(setup, cfg, args.setup)[0] for _ in range(args.probe_repeats - 1)]
     probe_s, chosen = run_numerics.probe_s, run_numerics.setup
     cases = {"before": Case(setup, cfg, "sdpa", "fp32", False, loss=SEPARATE),
              "after": Case(setup, cfg, run_numerics.attention or "math", chosen, chosen == "bf16",
@@ -202,7 +216,9 @@ def main(argv=None) -> dict:
               "replay_pairs_sampled": cfg.train.replay_per_task or cfg.data.n_train,
               "sampler": f"{cfg.diffusion.sampler}-{cfg.diffusion.sample_steps}",
               "numerics_probe_s": probe_s, "numerics_probe_wall_s": round(probe_wall, 1), "after_setup": chosen,
-              "setup_probed": args.setup is None,
+              "setup_probed": args.setup is None, "malloc_keeps_freed_memory": allocator.kept,
+              "probe_repeats": [{"probe_s": n.probe_s, "setup": n.setup, "attention": n.attention,
+                                 "one_forward": n.one_forward} for n in [run_numerics, *repeats]],
               "after_attention": run_numerics.attention, "after_one_forward": run_numerics.one_forward,
               "reps": args.reps, "calls": {}}
     for c in calls:
@@ -217,6 +233,8 @@ def main(argv=None) -> dict:
     out = write_json(result, args.out or RESULTS / "profile" / f"{args.preset}.json")
     print(f"preset={args.preset} threads={result['threads']} after = {chosen}, attention {run_numerics.attention}, "
           f"one forward {run_numerics.one_forward}; probe ({probe_wall:.0f} s) {probe_s}")
+    for i, n in enumerate(repeats, 2):
+        print(f"probe {i}: {n.setup}, attention {n.attention}, one forward {n.one_forward}; {n.probe_s}")
     for c, e in result["calls"].items():
         print(f"{c:16s} before {e['before']['sec_min']:.3f} s  " + "  ".join(
             f"{k} {e[k]['sec_min']:.3f} s ({x:.2f}x)" for k, x in e["speedup_over_before"].items()))

@@ -133,6 +133,23 @@ def test_profile_step_with_a_given_setup_probes_only_the_kernels(tmp_path):
     assert set(r["numerics_probe_s"]) == {"math", "sdpa", "one", "separate"}
 
 
+def test_profile_step_repeats_the_probe_with_the_runs_allocator(tmp_path):
+    r = script("profile_step").main(["--quick", "--no-ops", "--setup", "fp32", "--probe-repeats", "2",
+                                     "--out", str(tmp_path / "p.json")])
+    first, second = r["probe_repeats"]
+    # the first probe is the one "after" was built from, as a run would
+    assert first["probe_s"] == r["numerics_probe_s"] and first["attention"] == r["after_attention"]
+    assert set(second["probe_s"]) == {"math", "sdpa", "one", "separate"} and second["probe_s"] != first["probe_s"]
+    from c2gr_core.training import allocator
+    assert r["malloc_keeps_freed_memory"] == allocator.kept
+
+
+def test_profile_step_refuses_a_probe_count_below_one(tmp_path):
+    with pytest.raises(SystemExit):
+        script("profile_step").main(["--quick", "--probe-repeats", "0", "--out", str(tmp_path / "p.json")])
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_profile_step_refuses_a_replay_size_below_one(tmp_path):
     with pytest.raises(SystemExit):
         script("profile_step").main(["--quick", "--replay-pairs", "0", "--out", str(tmp_path / "p.json")])
