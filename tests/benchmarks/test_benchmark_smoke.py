@@ -133,15 +133,20 @@ def test_profile_step_with_a_given_setup_probes_only_the_kernels(tmp_path):
     assert set(r["numerics_probe_s"]) == {"math", "sdpa", "one", "separate"}
 
 
-def test_profile_step_repeats_the_probe_with_the_runs_allocator(tmp_path):
+def test_profile_step_repeats_the_probe_with_the_runs_allocator(tmp_path, monkeypatch):
+    from c2gr_core.training import allocator
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     r = script("profile_step").main(["--quick", "--no-ops", "--setup", "fp32", "--probe-repeats", "2",
                                      "--out", str(tmp_path / "p.json")])
+    assert calls == [1]   # set once, before the probe, as run_stream does
     first, second = r["probe_repeats"]
     # the first probe is the one "after" was built from, as a run would
     assert first["probe_s"] == r["numerics_probe_s"] and first["attention"] == r["after_attention"]
     assert set(second["probe_s"]) == {"math", "sdpa", "one", "separate"} and second["probe_s"] != first["probe_s"]
-    from c2gr_core.training import allocator
-    assert r["malloc_keeps_freed_memory"] == allocator.kept
+    script("profile_step").main(["--quick", "--no-ops", "--setup", "fp32", "--default-malloc",
+                                 "--out", str(tmp_path / "d.json")])
+    assert calls == [1]   # --default-malloc leaves malloc alone
 
 
 def test_profile_step_refuses_a_probe_count_below_one(tmp_path):
