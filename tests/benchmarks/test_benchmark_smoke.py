@@ -386,3 +386,48 @@ def test_training_cost_times_only_the_variants_asked(tmp_path):
     assert r["best"] is None   # no coupled step timed: nothing to call the best coupled setup
     with pytest.raises(SystemExit):
         script("training_cost").main(["--quick", "--only", "coupled_fp16_math_contiguous"])
+
+
+def _budget_row(name, seed, overall, final_row):
+    return {"name": name, "seed": seed, "test_overall": overall,
+            "test_final_row": dict(zip(["t1", "t2", "t3"], final_row))}
+
+
+def test_paired_seeds_pairs_only_shared_seeds_and_matches_a_hand_computation(tmp_path):
+    rows = {f"{r['name']}-s{r['seed']}": r for r in [
+        _budget_row("a", 0, 80.0, [90.0, 70.0, 0.0]),
+        _budget_row("a", 1, 82.0, [80.0, 80.0, 50.0]),
+        _budget_row("a", 2, 84.0, [60.0, 70.0, 10.0]),
+        _budget_row("b", 0, 79.0, [85.0, 75.0, 99.0]),
+        _budget_row("b", 1, 83.0, [70.0, 80.0, 0.0]),
+        _budget_row("b", 2, 81.0, [65.0, 65.0, 0.0]),
+        _budget_row("b", 3, 10.0, [0.0, 0.0, 0.0]),   # a has no seed 3: must not be paired
+    ]}
+    results = tmp_path / "budget.json"
+    results.write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "paired.v1"   # a dot in the name must not be taken for a suffix
+    [r] = script("paired_seeds").main(["--base", "a", "--vs", "b", "--results", str(results), "--out", str(out)])
+    assert r["seeds"] == [0, 1, 2]
+    o = r["overall"]
+    # diffs 1, -1, 3: mean 1, sample std 2, t = 1 / (2 / sqrt 3); for 2 degrees of freedom the t
+    # distribution's CDF is 1/2 + t / (2 sqrt(t^2 + 2)), so the two-sided p is 1 - t / sqrt(t^2 + 2).
+    t = 1 / (2 / math.sqrt(3))
+    assert o["diff"] == [1.0, -1.0, 3.0] and o["base_ahead"] == 2
+    assert math.isclose(o["diff_mean"], 1.0) and math.isclose(o["diff_std"], 2.0)
+    assert math.isclose(o["p_two_sided"], 1 - t / math.sqrt(t * t + 2), rel_tol=1e-9)
+    # previous tasks = mean of the final row without its last task: a 80 / 80 / 65, b 80 / 75 / 65
+    assert r["previous"]["base"] == [80.0, 80.0, 65.0] and r["previous"]["vs"] == [80.0, 75.0, 65.0]
+    assert r["previous"]["base_ahead"] == 1
+    assert json.loads((tmp_path / "paired.v1.json").read_text())["comparisons"][0]["seeds"] == [0, 1, 2]
+    assert "+1.00 +- 2.00" in (tmp_path / "paired.v1.md").read_text()
+
+
+def test_paired_seeds_names_the_row_it_cannot_find(tmp_path):
+    results = tmp_path / "budget.json"
+    results.write_text(json.dumps({"rows": {"a-s0": _budget_row("a", 0, 80.0, [1.0, 2.0, 3.0]),
+                                            "b-s1": _budget_row("b", 1, 80.0, [1.0, 2.0, 3.0])}}))
+    run = script("paired_seeds").main
+    with pytest.raises(SystemExit, match="--vs 'c'"):
+        run(["--base", "a", "--vs", "c", "--results", str(results), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="share no seed"):
+        run(["--base", "a", "--vs", "b", "--results", str(results), "--out", str(tmp_path / "o")])

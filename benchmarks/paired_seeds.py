@@ -1,0 +1,101 @@
+"""Paired-seed comparison of segmentor_budget rows: is a method above another on the same seeds and machine?
+
+    python benchmarks/paired_seeds.py --base c2gr_train.amp_bf16-false_amx \
+        --vs cgr_train.amp_bf16-false_amx c2gr-norups_train.amp_bf16-false_amx \
+        --out benchmarks/results/segmentor_budget/paired_amx
+
+Seeds of one method differ by more than the gaps between methods (BENCHMARKS.md 4e), and a change of CPU
+moves a run as much as a change of seed, so two methods are compared on the seeds both have, run for run.
+For each row name given to --vs and each metric (test Overall, and the mean of the final row over the
+previous tasks, i.e. all but the last), the table gives the per-seed figures, the paired differences
+base - vs, their mean and sample std, and a two-sided paired t-test (scipy.stats.ttest_rel; no p with one
+seed). Rows are read from segmentor_budget.json (keys NAME-sSEED); nothing is trained here.
+Writes OUT.json and OUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_json  # noqa: E402
+
+
+def _seeds(rows: dict, name: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in rows.values() if r["name"] == name}
+
+
+def _metrics(row: dict) -> dict[str, float]:
+    final = list(row["test_final_row"].values())
+    return {"overall": row["test_overall"], "previous": float(np.mean(final[:-1]))}
+
+
+def compare(rows: dict, base: str, other: str) -> dict:
+    a, b = _seeds(rows, base), _seeds(rows, other)
+    if not a:
+        raise SystemExit(f"--base {base!r}: no row of that name in the results file")
+    if not b:
+        raise SystemExit(f"--vs {other!r}: no row of that name in the results file")
+    seeds = sorted(a.keys() & b.keys())
+    if not seeds:
+        raise SystemExit(f"{base!r} (seeds {sorted(a)}) and {other!r} (seeds {sorted(b)}) share no seed")
+    out = {"base": base, "vs": other, "seeds": seeds}
+    for metric in ("overall", "previous"):
+        x = np.array([_metrics(a[s])[metric] for s in seeds])
+        y = np.array([_metrics(b[s])[metric] for s in seeds])
+        d = x - y
+        out[metric] = {
+            "base": x.tolist(), "vs": y.tolist(), "diff": d.tolist(),
+            "base_mean": float(x.mean()), "vs_mean": float(y.mean()), "diff_mean": float(d.mean()),
+            "diff_std": float(d.std(ddof=1)) if len(d) > 1 else None,
+            "p_two_sided": float(stats.ttest_rel(x, y).pvalue) if len(d) > 1 else None,
+            "base_ahead": int((d > 0).sum()),
+        }
+    return out
+
+
+def to_markdown(results: list[dict]) -> str:
+    lines = ["| base vs | metric | seeds | base | vs | base - vs, per seed | mean diff +- std | p (paired t) | base ahead |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for metric in ("overall", "previous"):
+            m = r[metric]
+            std = "" if m["diff_std"] is None else f" +- {m['diff_std']:.2f}"
+            p = "-" if m["p_two_sided"] is None else f"{m['p_two_sided']:.2f}"
+            lines.append(
+                f"| {r['base']} vs {r['vs']} | {metric} | {', '.join(map(str, r['seeds']))} | "
+                f"{' / '.join(f'{v:.2f}' for v in m['base'])} ({m['base_mean']:.2f}) | "
+                f"{' / '.join(f'{v:.2f}' for v in m['vs'])} ({m['vs_mean']:.2f}) | "
+                f"{' / '.join(f'{v:+.2f}' for v in m['diff'])} | {m['diff_mean']:+.2f}{std} | {p} | "
+                f"{m['base_ahead']} of {len(r['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="row name of the method compared against the others")
+    ap.add_argument("--vs", nargs="+", required=True, help="row names to pair with --base")
+    ap.add_argument("--results", default=str(RESULTS / "segmentor_budget" / "segmentor_budget.json"))
+    ap.add_argument("--out", required=True, help="output path without suffix (OUT.json, OUT.md)")
+    args = ap.parse_args(argv)
+    path = Path(args.results)
+    if not path.is_file():
+        raise SystemExit(f"--results {path}: no such file")
+    rows = json.loads(path.read_text())["rows"]
+    results = [compare(rows, args.base, other) for other in args.vs]
+    write_json({"results_file": str(path), "comparisons": results}, f"{args.out}.json")
+    md = Path(f"{args.out}.md")
+    md.with_name(md.name + ".tmp").write_text(to_markdown(results))
+    md.with_name(md.name + ".tmp").replace(md)
+    print(to_markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
