@@ -431,3 +431,48 @@ def test_paired_seeds_names_the_row_it_cannot_find(tmp_path):
         run(["--base", "a", "--vs", "c", "--results", str(results), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="share no seed"):
         run(["--base", "a", "--vs", "b", "--results", str(results), "--out", str(tmp_path / "o")])
+
+
+def _fake_run(root, name, rows, drift):
+    run = root / name
+    run.mkdir()
+    tasks = ["t1", "t2", "t3"]
+    cells = [[f"{v}" if v is not None else "" for v in row] for row in rows]
+    (run / "matrix.csv").write_text("round," + ",".join(tasks) + "\n"
+                                    + "".join(f"{t}," + ",".join(c) + "\n" for t, c in zip(tasks, cells)))
+    return {"run": str(run), "tasks": tasks, "drift": drift}
+
+
+def test_replay_vs_forgetting_correlates_within_task_as_worked_by_hand(tmp_path):
+    runs = {
+        "A": _fake_run(tmp_path, "A", [[0.8, None, None], [0.7, 0.9, None], [0.6, 0.8, 0.5]],
+                       [[None] * 3, [0.9, None, None], [0.7, 0.85, None]]),
+        "B": _fake_run(tmp_path, "B", [[0.95, None, None], [0.8, 0.8, None], [0.7, 0.6, 0.4]],
+                       [[None] * 3, [0.95, None, None], [0.8, 0.75, None]]),
+    }
+    drift_file = tmp_path / "drift.json"
+    drift_file.write_text(json.dumps({"runs": runs}))
+    result = script("replay_vs_forgetting").main([str(drift_file), "--out", str(tmp_path / "rvf")])
+    # last replay / final DSC (percent): A t1 70 / 60, A t2 85 / 80, B t1 80 / 70, B t2 75 / 60.
+    # Minus each task's mean over the runs: x = -5, +5, +5, -5 and y = -5, +10, +5, -10, so
+    # r = sum xy / sqrt(sum x^2 sum y^2) = 150 / sqrt(100 * 250) = 3 / sqrt(10), slope 150 / 100.
+    c = result["correlations"]["last_replay_vs_final_dsc"]
+    assert c["n"] == 4
+    assert math.isclose(c["within_task_pearson"], 3 / math.sqrt(10), rel_tol=1e-9)
+    assert math.isclose(c["within_task_slope"], 1.5, rel_tol=1e-9)
+    # t2 is replayed in the last round only, so only t1 has a drop: A 90 - 70 = 20, B 95 - 80 = 15,
+    # against forgetting A 80 - 60 = 20, B 95 - 70 = 25: the run that dropped more forgot less here.
+    pts = {(p["run"], p["task"]): p for p in result["points"]}
+    assert math.isclose(pts["A", "t1"]["replay_drop"], 20) and pts["A", "t2"]["replay_drop"] is None
+    assert math.isclose(pts["B", "t1"]["forgetting"], 25)
+    d = result["correlations"]["replay_drop_vs_forgetting"]
+    assert d["n"] == 2 and math.isclose(d["within_task_pearson"], -1.0)
+    assert (tmp_path / "rvf.png").is_file() and (tmp_path / "rvf.json").is_file()
+
+
+def test_replay_vs_forgetting_names_a_missing_run_directory(tmp_path):
+    drift_file = tmp_path / "drift.json"
+    drift_file.write_text(json.dumps({"runs": {"gone": {"run": str(tmp_path / "gone"), "tasks": ["t1"],
+                                                        "drift": [[None]]}}}))
+    with pytest.raises(SystemExit, match="gone"):
+        script("replay_vs_forgetting").main([str(drift_file), "--out", str(tmp_path / "o")])
