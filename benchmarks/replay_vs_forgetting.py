@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import write_json  # noqa: E402
 from c2gr_core.experiment.rundir import read_matrix  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PAIRS = {  # name: (replay quantity, segmentation quantity)
     "last_replay_vs_final_dsc": ("replay_last", "final"),
     "replay_drop_vs_forgetting": ("replay_drop", "forgetting"),
@@ -40,7 +42,10 @@ def points(drift_files: list[Path]) -> list[dict]:
         if not f.is_file():
             raise SystemExit(f"{f}: no such replay_drift file")
         for key, r in json.loads(f.read_text())["runs"].items():
-            matrix_csv = Path(r["run"]) / "matrix.csv"
+            run = Path(r["run"])
+            if not run.is_absolute() and not run.exists():   # replay_drift.py records paths from the repo root
+                run = ROOT / run
+            matrix_csv = run / "matrix.csv"
             if not matrix_csv.is_file():
                 raise SystemExit(f"{f}: run {key!r} has no {matrix_csv} (its run directory is needed)")
             D = 100 * read_matrix(matrix_csv, r["tasks"])
@@ -48,6 +53,8 @@ def points(drift_files: list[Path]) -> list[dict]:
             T = len(r["tasks"])
             if np.isnan(D[-1]).any():
                 raise SystemExit(f"{matrix_csv}: the run is not finished (last row has empty cells)")
+            if np.isnan(drift[T - 1, :T - 1]).any():
+                raise SystemExit(f"{f}: run {key!r} has no scored replay for every past task in its last round")
             for j in range(T - 1):
                 out.append({"run": key, "file": str(f), "task": r["tasks"][j],
                             "replay_first": drift[j + 1, j], "replay_last": drift[T - 1, j],
