@@ -42,9 +42,15 @@ def compare(rows: dict, base: str, other: str) -> dict:
         raise SystemExit(f"--base {base!r}: no row of that name in the results file")
     if not b:
         raise SystemExit(f"--vs {other!r}: no row of that name in the results file")
+    if base == other:
+        raise SystemExit(f"--vs {other!r} is the --base row itself")
     seeds = sorted(a.keys() & b.keys())
     if not seeds:
         raise SystemExit(f"{base!r} (seeds {sorted(a)}) and {other!r} (seeds {sorted(b)}) share no seed")
+    for s in seeds:
+        if list(a[s]["test_final_row"]) != list(b[s]["test_final_row"]):
+            raise SystemExit(f"{base}-s{s} and {other}-s{s} were trained on different streams: "
+                             f"{list(a[s]['test_final_row'])} against {list(b[s]['test_final_row'])}")
     out = {"base": base, "vs": other, "seeds": seeds}
     for metric in ("overall", "previous"):
         x = np.array([_metrics(a[s])[metric] for s in seeds])
@@ -54,7 +60,8 @@ def compare(rows: dict, base: str, other: str) -> dict:
             "base": x.tolist(), "vs": y.tolist(), "diff": d.tolist(),
             "base_mean": float(x.mean()), "vs_mean": float(y.mean()), "diff_mean": float(d.mean()),
             "diff_std": float(d.std(ddof=1)) if len(d) > 1 else None,
-            "p_two_sided": float(stats.ttest_rel(x, y).pvalue) if len(d) > 1 else None,
+            # no p from one seed, nor from differences without spread (t would be infinite)
+            "p_two_sided": float(stats.ttest_rel(x, y).pvalue) if len(d) > 1 and d.std() > 0 else None,
             "base_ahead": int((d > 0).sum()),
         }
     return out
@@ -91,9 +98,10 @@ def main(argv=None) -> list[dict]:
     results = [compare(rows, args.base, other) for other in args.vs]
     write_json({"results_file": str(path), "comparisons": results}, f"{args.out}.json")
     md = Path(f"{args.out}.md")
-    md.with_name(md.name + ".tmp").write_text(to_markdown(results))
+    table = to_markdown(results)
+    md.with_name(md.name + ".tmp").write_text(table)
     md.with_name(md.name + ".tmp").replace(md)
-    print(to_markdown(results))
+    print(table)
     return results
 
 

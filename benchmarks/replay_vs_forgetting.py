@@ -5,11 +5,14 @@
 
 One point per (run, past task j) of every run in the given replay_drift.py files: the correspondence DSC of
 task j's replay in the last round (drift[T-1][j]) and its drop since the task's first replay
-(drift[j+1][j] - drift[T-1][j]; only for tasks replayed in two rounds or more, j < T-2), against the run's final DSC on task j (matrix[T-1][j]) and its forgetting
-(matrix[j][j] - matrix[T-1][j]), both read from the run's matrix.csv. Tasks differ in difficulty (a hard
-task has both a weak replay and a low DSC), which alone would correlate the two, so the correlations that
-answer the question are *within task*: each quantity minus its task's mean over the runs, pooled
-(Pearson and Spearman, scipy.stats). The raw, across-task correlations are reported beside them.
+(drift[j+1][j] - drift[T-1][j]; only for tasks replayed in two rounds or more, j < T-2), against the
+run's final DSC on task j (matrix[T-1][j]) and its forgetting (matrix[j][j] - matrix[T-1][j]), both read
+from the run's matrix.csv. All runs must have the same stream. Tasks differ in difficulty (a hard task has
+both a weak replay and a low DSC), which alone would correlate the two, so the correlations that answer
+the question are *within task*: each quantity minus its task's mean over the runs, pooled (Pearson and
+Spearman, scipy.stats). The demeaning uses one degree of freedom per task, so the Pearson p-value is
+taken with n - k - 1 degrees of freedom (k tasks); the points of one run share a segmentor and are not
+independent either, so read p as a lower bound. The raw, across-task correlations are reported beside.
 Writes OUT.json (points and correlations) and OUT.png (the two within-task scatter plots).
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ PAIRS = {  # name: (replay quantity, segmentation quantity)
 
 
 def points(drift_files: list[Path]) -> list[dict]:
-    out = []
+    out, seen, stream = [], {}, None
     for f in drift_files:
         if not f.is_file():
             raise SystemExit(f"{f}: no such replay_drift file")
@@ -45,6 +48,12 @@ def points(drift_files: list[Path]) -> list[dict]:
             run = Path(r["run"])
             if not run.is_absolute() and not run.exists():   # replay_drift.py records paths from the repo root
                 run = ROOT / run
+            if run.resolve() in seen:
+                raise SystemExit(f"run {run} is in both {seen[run.resolve()]} and {f}: its points would count twice")
+            seen[run.resolve()] = f
+            if stream is not None and r["tasks"] != stream:
+                raise SystemExit(f"{f}: run {key!r} has the stream {r['tasks']}, not {stream} as the runs before it")
+            stream = r["tasks"]
             matrix_csv = run / "matrix.csv"
             if not matrix_csv.is_file():
                 raise SystemExit(f"{f}: run {key!r} has no {matrix_csv} (its run directory is needed)")
@@ -53,8 +62,9 @@ def points(drift_files: list[Path]) -> list[dict]:
             T = len(r["tasks"])
             if np.isnan(D[-1]).any():
                 raise SystemExit(f"{matrix_csv}: the run is not finished (last row has empty cells)")
-            if np.isnan(drift[T - 1, :T - 1]).any():
-                raise SystemExit(f"{f}: run {key!r} has no scored replay for every past task in its last round")
+            first = [drift[j + 1, j] for j in range(T - 1)]
+            if np.isnan(drift[T - 1, :T - 1]).any() or np.isnan(first).any():
+                raise SystemExit(f"{f}: run {key!r} lacks a scored first or last-round replay of a past task")
             for j in range(T - 1):
                 out.append({"run": key, "file": str(f), "task": r["tasks"][j],
                             "replay_first": drift[j + 1, j], "replay_last": drift[T - 1, j],
@@ -72,20 +82,32 @@ def _within_task(pts: list[dict], field: str) -> np.ndarray:
     return np.array([p[field] - means[p["task"]] for p in pts])
 
 
+def _within_task_p(r: float, n: int, k: int) -> float | None:
+    df = n - k - 1
+    if df < 1:
+        return None
+    t = r * np.sqrt(df / max(1 - r * r, 1e-300))
+    return float(2 * stats.t.sf(abs(t), df))
+
+
 def correlations(pts: list[dict]) -> dict:
     out = {}
     for name, (a, b) in PAIRS.items():
         use = [p for p in pts if p[a] is not None]
         x_raw, y_raw = np.array([p[a] for p in use]), np.array([p[b] for p in use])
         x_in, y_in = _within_task(use, a), _within_task(use, b)
+        if len(use) < 2 or not (x_in.any() and y_in.any()):
+            raise SystemExit(f"{name}: needs two points or more with within-task spread in both quantities "
+                             f"(got {len(use)} points); add runs")
+        r = float(stats.pearsonr(x_in, y_in).statistic)
         out[name] = {
-            "n": len(use),
-            "within_task_pearson": float(stats.pearsonr(x_in, y_in).statistic),
-            "within_task_pearson_p": float(stats.pearsonr(x_in, y_in).pvalue),
+            "n": len(use), "tasks": len({p["task"] for p in use}),
+            "within_task_pearson": r,
+            "within_task_pearson_p": _within_task_p(r, len(use), len({p["task"] for p in use})),
             "within_task_spearman": float(stats.spearmanr(x_in, y_in).statistic),
             "across_task_pearson": float(stats.pearsonr(x_raw, y_raw).statistic),
-            # least-squares slope: DSC points of the segmentation quantity per replay DSC point
-            "within_task_slope": float(np.polyfit(x_in, y_in, 1)[0]),
+            # least-squares slope through the origin (both are centred): segmentation DSC points per replay point
+            "within_task_slope": float(x_in @ y_in / (x_in @ x_in)),
         }
     return out
 
@@ -131,7 +153,8 @@ def main(argv=None) -> dict:
     write_json(result, f"{args.out}.json")
     plot(pts, corr, Path(f"{args.out}.png"))
     for name, c in corr.items():
-        print(f"{name}: within task r={c['within_task_pearson']:.2f} (p={c['within_task_pearson_p']:.3f}), "
+        p = "-" if c["within_task_pearson_p"] is None else f"{c['within_task_pearson_p']:.3f}"
+        print(f"{name}: within task r={c['within_task_pearson']:.2f} (p={p}), "
               f"rho={c['within_task_spearman']:.2f}, slope {c['within_task_slope']:.2f}; "
               f"across tasks r={c['across_task_pearson']:.2f}; n={c['n']}")
     return result

@@ -431,6 +431,11 @@ def test_paired_seeds_names_the_row_it_cannot_find(tmp_path):
         run(["--base", "a", "--vs", "c", "--results", str(results), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="share no seed"):
         run(["--base", "a", "--vs", "b", "--results", str(results), "--out", str(tmp_path / "o")])
+    rows = {"a-s0": _budget_row("a", 0, 80.0, [1.0, 2.0, 3.0]),
+            "c-s0": {**_budget_row("c", 0, 80.0, [1.0, 2.0]), "test_final_row": {"t1": 1.0, "t2": 2.0}}}
+    results.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(SystemExit, match="different streams"):
+        run(["--base", "a", "--vs", "c", "--results", str(results), "--out", str(tmp_path / "o")])
 
 
 def _fake_run(root, name, rows, drift):
@@ -460,19 +465,36 @@ def test_replay_vs_forgetting_correlates_within_task_as_worked_by_hand(tmp_path)
     assert c["n"] == 4
     assert math.isclose(c["within_task_pearson"], 3 / math.sqrt(10), rel_tol=1e-9)
     assert math.isclose(c["within_task_slope"], 1.5, rel_tol=1e-9)
+    # 4 points, 2 task means removed: 1 degree of freedom, t = r sqrt(1 / (1 - r^2)) = 3, and the t
+    # distribution with 1 degree of freedom is Cauchy: two-sided p = 1 - (2 / pi) atan(3).
+    assert math.isclose(c["within_task_pearson_p"], 1 - 2 / math.pi * math.atan(3), rel_tol=1e-9)
     # t2 is replayed in the last round only, so only t1 has a drop: A 90 - 70 = 20, B 95 - 80 = 15,
     # against forgetting A 80 - 60 = 20, B 95 - 70 = 25: the run that dropped more forgot less here.
     pts = {(p["run"], p["task"]): p for p in result["points"]}
     assert math.isclose(pts["A", "t1"]["replay_drop"], 20) and pts["A", "t2"]["replay_drop"] is None
     assert math.isclose(pts["B", "t1"]["forgetting"], 25)
     d = result["correlations"]["replay_drop_vs_forgetting"]
-    assert d["n"] == 2 and math.isclose(d["within_task_pearson"], -1.0)
+    assert d["n"] == 2 and math.isclose(d["within_task_pearson"], -1.0) and d["within_task_pearson_p"] is None
     assert (tmp_path / "rvf.png").is_file() and (tmp_path / "rvf.json").is_file()
 
 
 def test_replay_vs_forgetting_names_a_missing_run_directory(tmp_path):
     drift_file = tmp_path / "drift.json"
-    drift_file.write_text(json.dumps({"runs": {"gone": {"run": str(tmp_path / "gone"), "tasks": ["t1"],
-                                                        "drift": [[None]]}}}))
-    with pytest.raises(SystemExit, match="gone"):
+    drift_file.write_text(json.dumps({"runs": {"key": {"run": str(tmp_path / "gone"), "tasks": ["t1"],
+                                                       "drift": [[None]]}}}))
+    with pytest.raises(SystemExit, match="gone/matrix.csv"):
         script("replay_vs_forgetting").main([str(drift_file), "--out", str(tmp_path / "o")])
+
+
+def test_replay_vs_forgetting_refuses_a_run_given_twice_and_mixed_streams(tmp_path):
+    run = _fake_run(tmp_path, "A", [[0.8, None, None], [0.7, 0.9, None], [0.6, 0.8, 0.5]],
+                    [[None] * 3, [0.9, None, None], [0.7, 0.85, None]])
+    f1, f2, f3 = tmp_path / "d1.json", tmp_path / "d2.json", tmp_path / "d3.json"
+    f1.write_text(json.dumps({"runs": {"A": run}}))
+    f2.write_text(json.dumps({"runs": {"A again": run}}))
+    f3.write_text(json.dumps({"runs": {"B": {**run, "run": str(tmp_path / "B"), "tasks": ["t1", "t2", "t4"]}}}))
+    main = script("replay_vs_forgetting").main
+    with pytest.raises(SystemExit, match="count twice"):
+        main([str(f1), str(f2), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="stream"):
+        main([str(f1), str(f3), "--out", str(tmp_path / "o")])
