@@ -100,10 +100,11 @@ def correlations(pts: list[dict]) -> dict:
             raise SystemExit(f"{name}: needs two points or more with within-task spread in both quantities "
                              f"(got {len(use)} points); add runs")
         r = float(stats.pearsonr(x_in, y_in).statistic)
+        k = len({p["task"] for p in use})
         out[name] = {
-            "n": len(use), "tasks": len({p["task"] for p in use}),
+            "n": len(use), "tasks": k,
             "within_task_pearson": r,
-            "within_task_pearson_p": _within_task_p(r, len(use), len({p["task"] for p in use})),
+            "within_task_pearson_p": _within_task_p(r, len(use), k),
             "within_task_spearman": float(stats.spearmanr(x_in, y_in).statistic),
             "across_task_pearson": float(stats.pearsonr(x_raw, y_raw).statistic),
             # least-squares slope through the origin (both are centred): segmentation DSC points per replay point
