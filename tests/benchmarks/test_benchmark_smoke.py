@@ -115,6 +115,16 @@ def test_profile_step_quick(tmp_path):
             assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
 
 
+def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
+    r = script("gen_batch").main(["--quick", "--pairs", "5", "--out", str(tmp_path / "g.json")])
+    rows = {r_["batch"]: r_ for r_ in r["rows"]}
+    assert set(rows) == {2, 4} and rows[2]["steps_per_epoch"] == 3 and rows[4]["steps_per_epoch"] == 2  # ceil(5 / b)
+    for row in rows.values():
+        assert math.isclose(row["sec_per_epoch"], row["steps_per_epoch"] * row["sec_per_step"])
+    assert rows[2]["epoch_speedup"] == 1.0
+    assert math.isclose(rows[4]["epoch_speedup"], rows[2]["sec_per_epoch"] / rows[4]["sec_per_epoch"])
+
+
 def test_profile_step_split_times_each_change_alone(tmp_path):
     r = script("profile_step").main(["--quick", "--split", "--no-ops", "--out", str(tmp_path / "p.json")])
     singles = {"einsum_attention_only", "one_forward_only"} | ({f"{r['after_setup']}_only"} - {"fp32_only"})

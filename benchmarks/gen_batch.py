@@ -1,0 +1,100 @@
+"""The generator-only step by batch size: what a larger `train.gen_batch_size` saves per epoch.
+
+    python benchmarks/gen_batch.py                          # bench preset, batches 16 24 48, fp32 and bf16
+    python benchmarks/gen_batch.py --setups fp32 --batches 16 48
+
+Past the coupled phase a C2GR round trains the generator alone (504 of the bench preset's 600 generator
+steps): each step is BJD on `B` current pairs plus the distillation loss on `B` replayed ones, against
+the frozen teacher (`profile_step.Case.generator_step`, the step a run takes). An epoch is the task's
+training pairs once (`--pairs`, 48 at the bench preset), so a batch of B takes ceil(pairs / B) steps.
+Steps of every (setup, batch) are timed interleaved in one process, min of `--reps`; the figure that
+matters is seconds per epoch against the preset's batch (the first of `--batches`): below 1x only if a
+larger step costs less than the steps it replaces. This is the first check of issue 13's "half the
+steps at twice the batch": a larger batch is worth trying on a run (a recipe change, to be judged by
+correspondence and Overall too) only where it cuts the time per epoch well below 1x. On the Intel Xeon
+with AMX it does not (BENCHMARKS.md section 7), so the workbench has no separate generator batch.
+Writes benchmarks/results/gen_batch.json (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_json  # noqa: E402
+from benchmarks.profile_step import Case  # noqa: E402
+from benchmarks.training_cost import Setup  # noqa: E402
+from c2gr_core.config import preset  # noqa: E402
+from c2gr_core.methods.coupled import coupled_loss  # noqa: E402
+from c2gr_core.training import allocator  # noqa: E402
+
+SETUPS = {"fp32": ("fp32", False), "fp32_channels_last": ("fp32_channels_last", False), "bf16": ("fp32", True)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 24, 48],
+                    help="generator-only batch sizes; the first is the baseline")
+    ap.add_argument("--setups", nargs="+", default=["fp32", "bf16"], choices=sorted(SETUPS))
+    ap.add_argument("--pairs", type=int, default=None, help="training pairs per epoch (default: the preset's data.n_train)")
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, batches 2 4, fp32, 1 rep")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.preset, args.batches, args.setups, args.reps = "tiny", [2, 4], ["fp32"], 1
+    if any(b < 1 for b in args.batches) or args.reps < 1:
+        ap.error("--batches and --reps must be >= 1")
+    torch.set_num_threads(args.threads)
+    allocator.keep_freed_memory()   # a run's allocator state (training/allocator.py)
+    pairs = args.pairs or preset(args.preset).data.n_train
+    cases = {}
+    for b in args.batches:
+        cfg = preset(args.preset)
+        cfg.train.batch_size = b
+        setup = Setup(cfg)
+        for name in args.setups:
+            layout, bf16 = SETUPS[name]
+            # einsum attention and one forward for current + replay: what "auto" picks on the CPUs measured
+            cases[(name, b)] = Case(setup, cfg, "math", layout, bf16, loss=partial(coupled_loss, one_forward=True))
+    for case in cases.values():   # warm-up: allocator, oneDNN kernels for each shape
+        case.generator_step()
+    times = {k: [] for k in cases}
+    for _ in range(args.reps):
+        for k, case in cases.items():
+            t0 = time.perf_counter()
+            case.generator_step()
+            times[k].append(time.perf_counter() - t0)
+    rows = []
+    for (name, b), ts in times.items():
+        steps = math.ceil(pairs / b)
+        rows.append({"setup": name, "batch": b, "sec_per_step": min(ts), "sec_per_step_median": sorted(ts)[len(ts) // 2],
+                     "steps_per_epoch": steps, "sec_per_epoch": steps * min(ts)})
+    base = {r["setup"]: r["sec_per_epoch"] for r in rows if r["batch"] == args.batches[0]}
+    for r in rows:
+        r["epoch_speedup"] = base[r["setup"]] / r["sec_per_epoch"]
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "preset": args.preset, "pairs_per_epoch": pairs, "reps": args.reps, "baseline_batch": args.batches[0],
+              "rows": rows}
+    out = write_json(result, args.out or RESULTS / "gen_batch.json")
+    for r in rows:
+        print(f"{r['setup']:18s} batch {r['batch']:3d}: {r['sec_per_step'] * 1e3:7.1f} ms/step x {r['steps_per_epoch']} "
+              f"= {r['sec_per_epoch'] * 1e3:7.1f} ms/epoch ({r['epoch_speedup']:.2f}x)")
+    print(f"written: {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
