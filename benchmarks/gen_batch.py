@@ -40,6 +40,18 @@ from c2gr_core.training import allocator  # noqa: E402
 SETUPS = {"fp32": ("fp32", False), "fp32_channels_last": ("fp32_channels_last", False), "bf16": ("fp32", True)}
 
 
+def cpu_model() -> str:
+    # platform.processor() is empty or "x86_64" on Linux; the ratios here are only meaningful per CPU.
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
@@ -54,8 +66,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.batches, args.setups, args.reps = "tiny", [2, 4], ["fp32"], 1
-    if any(b < 1 for b in args.batches) or args.reps < 1:
-        ap.error("--batches and --reps must be >= 1")
+    if any(b < 1 for b in args.batches) or args.reps < 1 or (args.pairs is not None and args.pairs < 1):
+        ap.error("--batches, --reps and --pairs must be >= 1")
     torch.set_num_threads(args.threads)
     allocator.keep_freed_memory()   # a run's allocator state (training/allocator.py)
     pairs = args.pairs or preset(args.preset).data.n_train
@@ -85,7 +97,8 @@ def main(argv=None) -> dict:
     for r in rows:
         r["epoch_speedup"] = base[r["setup"]] / r["sec_per_epoch"]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "threads": torch.get_num_threads(),
               "preset": args.preset, "pairs_per_epoch": pairs, "reps": args.reps, "baseline_batch": args.batches[0],
               "rows": rows}
     out = write_json(result, args.out or RESULTS / "gen_batch.json")

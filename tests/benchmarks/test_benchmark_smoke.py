@@ -123,6 +123,9 @@ def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
         assert math.isclose(row["sec_per_epoch"], row["steps_per_epoch"] * row["sec_per_step"])
     assert rows[2]["epoch_speedup"] == 1.0
     assert math.isclose(rows[4]["epoch_speedup"], rows[2]["sec_per_epoch"] / rows[4]["sec_per_epoch"])
+    with pytest.raises(SystemExit):
+        script("gen_batch").main(["--quick", "--pairs", "0", "--out", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_profile_step_split_times_each_change_alone(tmp_path):
