@@ -13,6 +13,8 @@ larger step costs less than the steps it replaces. This is the first check of is
 steps at twice the batch": a larger batch is worth trying on a run (a recipe change, to be judged by
 correspondence and Overall too) only where it cuts the time per epoch well below 1x. On the Intel Xeon
 with AMX it does not (BENCHMARKS.md section 7), so the workbench has no separate generator batch.
+`--teacher-share` times every step also with the replayed pairs' analytic targets instead of the teacher's
+outputs (the step of `replay_target = "data"`): the ratio is what the teacher's forward adds to a step.
 Writes benchmarks/results/gen_batch.json (or --out).
 """
 from __future__ import annotations
@@ -52,6 +54,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def base_step(rows: list[dict], setup: str, batch: int) -> float:
+    return next(r["sec_per_step"] for r in rows if (r["setup"], r["batch"], r["teacher"]) == (setup, batch, True))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
@@ -61,6 +67,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--pairs", type=int, default=None, help="training pairs per epoch (default: the preset's data.n_train)")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--teacher-share", action="store_true",
+                    help="also time each step with the replayed pairs' analytic targets instead of the teacher's "
+                         "(replay_target 'data'): the difference is what the teacher's forward costs")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, batches 2 4, fp32, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -79,7 +88,11 @@ def main(argv=None) -> dict:
         for name in args.setups:
             layout, bf16 = SETUPS[name]
             # einsum attention and one forward for current + replay: what "auto" picks on the CPUs measured
-            cases[(name, b)] = Case(setup, cfg, "math", layout, bf16, loss=partial(coupled_loss, one_forward=True))
+            for teacher in (True, False) if args.teacher_share else (True,):
+                case = Case(setup, cfg, "math", layout, bf16, loss=partial(coupled_loss, one_forward=True))
+                if not teacher:
+                    case.teacher = None
+                cases[(name, b, teacher)] = case
     for case in cases.values():   # warm-up: allocator, oneDNN kernels for each shape
         case.generator_step()
     times = {k: [] for k in cases}
@@ -89,13 +102,16 @@ def main(argv=None) -> dict:
             case.generator_step()
             times[k].append(time.perf_counter() - t0)
     rows = []
-    for (name, b), ts in times.items():
+    for (name, b, teacher), ts in times.items():
         steps = math.ceil(pairs / b)
-        rows.append({"setup": name, "batch": b, "sec_per_step": min(ts), "sec_per_step_median": sorted(ts)[len(ts) // 2],
-                     "steps_per_epoch": steps, "sec_per_epoch": steps * min(ts)})
-    base = {r["setup"]: r["sec_per_epoch"] for r in rows if r["batch"] == args.batches[0]}
+        rows.append({"setup": name, "batch": b, "teacher": teacher, "sec_per_step": min(ts),
+                     "sec_per_step_median": sorted(ts)[len(ts) // 2], "steps_per_epoch": steps,
+                     "sec_per_epoch": steps * min(ts)})
+    base = {(r["setup"], r["teacher"]): r["sec_per_epoch"] for r in rows if r["batch"] == args.batches[0]}
     for r in rows:
-        r["epoch_speedup"] = base[r["setup"]] / r["sec_per_epoch"]
+        r["epoch_speedup"] = base[(r["setup"], r["teacher"])] / r["sec_per_epoch"]
+        if not r["teacher"]:   # the same step with the teacher, over this one
+            r["teacher_cost"] = base_step(rows, r["setup"], r["batch"]) / r["sec_per_step"]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
               "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "threads": torch.get_num_threads(),
@@ -103,8 +119,9 @@ def main(argv=None) -> dict:
               "rows": rows}
     out = write_json(result, args.out or RESULTS / "gen_batch.json")
     for r in rows:
-        print(f"{r['setup']:18s} batch {r['batch']:3d}: {r['sec_per_step'] * 1e3:7.1f} ms/step x {r['steps_per_epoch']} "
-              f"= {r['sec_per_epoch'] * 1e3:7.1f} ms/epoch ({r['epoch_speedup']:.2f}x)")
+        print(f"{r['setup']:18s} batch {r['batch']:3d}{'' if r['teacher'] else ' data targets'}: "
+              f"{r['sec_per_step'] * 1e3:7.1f} ms/step x {r['steps_per_epoch']} = {r['sec_per_epoch'] * 1e3:7.1f} ms/epoch "
+              f"({r['epoch_speedup']:.2f}x)" + (f"; the teacher's step is {r['teacher_cost']:.2f}x this" if not r["teacher"] else ""))
     print(f"written: {out}")
     return result
 

@@ -116,8 +116,12 @@ def test_profile_step_quick(tmp_path):
 
 
 def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
-    r = script("gen_batch").main(["--quick", "--pairs", "5", "--out", str(tmp_path / "g.json")])
-    rows = {r_["batch"]: r_ for r_ in r["rows"]}
+    r = script("gen_batch").main(["--quick", "--pairs", "5", "--teacher-share", "--out", str(tmp_path / "g.json")])
+    plain = {(r_["batch"]): r_ for r_ in r["rows"] if not r_["teacher"]}
+    rows = {r_["batch"]: r_ for r_ in r["rows"] if r_["teacher"]}
+    for b in (2, 4):
+        assert math.isclose(plain[b]["teacher_cost"], rows[b]["sec_per_step"] / plain[b]["sec_per_step"])
+        assert "teacher_cost" not in rows[b]
     assert set(rows) == {2, 4} and rows[2]["steps_per_epoch"] == 3 and rows[4]["steps_per_epoch"] == 2  # ceil(5 / b)
     for row in rows.values():
         assert math.isclose(row["sec_per_epoch"], row["steps_per_epoch"] * row["sec_per_step"])
