@@ -1,4 +1,4 @@
-"""The generator-only step by batch size: what a larger `train.gen_batch_size` saves per epoch.
+"""The generator-only step by batch size: what fewer, larger generator steps would save per epoch.
 
     python benchmarks/gen_batch.py                          # bench preset, batches 16 24 48, fp32 and bf16
     python benchmarks/gen_batch.py --setups fp32 --batches 16 48
