@@ -8,11 +8,13 @@ steps): each step is BJD on `B` current pairs plus the distillation loss on `B` 
 the frozen teacher (`profile_step.Case.generator_step`, the step a run takes). An epoch is the task's
 training pairs once (`--pairs`, 48 at the bench preset), so a batch of B takes ceil(pairs / B) steps.
 Steps of every (setup, batch) are timed interleaved in one process, min of `--reps`; the figure that
-matters is seconds per epoch against the preset's batch (the first of `--batches`): below 1x only if a
-larger step costs less than the steps it replaces. This is the first check of issue 13's "half the
-steps at twice the batch": a larger batch is worth trying on a run (a recipe change, to be judged by
-correspondence and Overall too) only where it cuts the time per epoch well below 1x. On the Intel Xeon
-with AMX it does not (BENCHMARKS.md section 7), so the workbench has no separate generator batch.
+matters is `epoch_speedup`, the baseline's seconds per epoch (the first of `--batches`) over this
+batch's: above 1x only if a larger step costs less than the steps it replaces. Where B does not divide
+the pairs, the epoch's last, smaller step is counted at the full step's time (an upper bound), and the
+work around a step (EMA update, drawing the batches) is left out. This is the first check of issue 13's
+"half the steps at twice the batch": a larger batch is worth trying on a run (a recipe change, to be
+judged by correspondence and Overall too) only where `epoch_speedup` is well above 1x. On the Intel Xeon
+with AMX it is not (BENCHMARKS.md section 7), so the workbench has no separate generator batch.
 `--teacher-share` times every step also with the replayed pairs' analytic targets instead of the teacher's
 outputs (the step of `replay_target = "data"`): the ratio is what the teacher's forward adds to a step.
 Writes benchmarks/results/gen_batch.json (or --out).
@@ -43,15 +45,23 @@ SETUPS = {"fp32": ("fp32", False), "fp32_channels_last": ("fp32_channels_last", 
 
 
 def cpu_model() -> str:
-    # platform.processor() is empty or "x86_64" on Linux; the ratios here are only meaningful per CPU.
+    # platform.processor() is empty or "x86_64" on Linux, and a VM's model name often hides the
+    # generation: the bf16 instructions decide what bf16 gains, so they are named too.
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    return f"{name} ({', '.join(bf16)})" if bf16 else name
 
 
 def base_step(rows: list[dict], setup: str, batch: int) -> float:
@@ -63,7 +73,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 24, 48],
                     help="generator-only batch sizes; the first is the baseline")
-    ap.add_argument("--setups", nargs="+", default=["fp32", "bf16"], choices=sorted(SETUPS))
+    ap.add_argument("--setups", nargs="+", default=["fp32", "bf16"], choices=sorted(SETUPS),
+                    help="bf16 is emulated, and minutes per step, on a CPU without bf16 instructions")
     ap.add_argument("--pairs", type=int, default=None, help="training pairs per epoch (default: the preset's data.n_train)")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
@@ -75,8 +86,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.batches, args.setups, args.reps = "tiny", [2, 4], ["fp32"], 1
-    if any(b < 1 for b in args.batches) or args.reps < 1 or (args.pairs is not None and args.pairs < 1):
-        ap.error("--batches, --reps and --pairs must be >= 1")
+    if (any(b < 1 for b in args.batches) or args.reps < 1 or args.threads < 1
+            or (args.pairs is not None and args.pairs < 1)):
+        ap.error("--batches, --reps, --threads and --pairs must be >= 1")
     torch.set_num_threads(args.threads)
     allocator.keep_freed_memory()   # a run's allocator state (training/allocator.py)
     pairs = args.pairs or preset(args.preset).data.n_train

@@ -117,7 +117,8 @@ def test_profile_step_quick(tmp_path):
 
 def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
     r = script("gen_batch").main(["--quick", "--pairs", "5", "--teacher-share", "--out", str(tmp_path / "g.json")])
-    plain = {(r_["batch"]): r_ for r_ in r["rows"] if not r_["teacher"]}
+    assert json.loads((tmp_path / "g.json").read_text())["rows"] == r["rows"]
+    plain = {r_["batch"]: r_ for r_ in r["rows"] if not r_["teacher"]}
     rows = {r_["batch"]: r_ for r_ in r["rows"] if r_["teacher"]}
     for b in (2, 4):
         assert math.isclose(plain[b]["teacher_cost"], rows[b]["sec_per_step"] / plain[b]["sec_per_step"])
