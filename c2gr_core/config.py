@@ -24,6 +24,7 @@ PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("uniform", "min_snr")
 REPLAY_TARGETS = ("data", "teacher")
 MASK_BALANCE_BY = ("pixel", "channel", "mixed", "timestep")
+TERM_SAMPLING = ("all", "one")
 ENCODERS = ("minilm", "open_clip", "hash")
 RELATION_NORMS = ("none", "row")
 
@@ -96,6 +97,11 @@ class DiffusionConfig:
     # a noised mask's weights go from per channel at high noise to per pixel at low noise, by abar_k).
     # diffusion/losses.py mask_weights.
     mask_balance_by: str = "pixel"
+    # How each pair meets BJD's three terms (eq. 3): "all" (every pair in every term: three denoiser rows a
+    # pair, eq. 3 as written) or "one" (each pair in one term, a random rotation of a balanced assignment,
+    # weighted 3: the same loss in expectation for a third of the rows, NJD's cost). NJD and GR have one
+    # term, so both values train them alike. diffusion/losses.py bjd_loss.
+    term_sampling: str = "all"
 
 
 @dataclass
@@ -364,6 +370,7 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
                                     "distillation loss only)"),
         "diffusion.mask_balance": (lambda v: 0 <= v <= 1, "in [0, 1] (0: every pixel alike)"),
         "diffusion.mask_balance_by": one_of(MASK_BALANCE_BY),
+        "diffusion.term_sampling": one_of(TERM_SAMPLING),
         "prompt.encoder": one_of(ENCODERS),
         "prompt.node_dim": pos, "prompt.q_dim": pos, "prompt.n_tokens": pos,
         "prompt.relation_norm": one_of(RELATION_NORMS),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from ..config import MASK_CODES, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS
 from .ema import make_ema
-from .losses import (JointLoss, NoiseDraws, Teacher, bjd_loss, draw_noise, image_loss, joint_loss, njd_loss,
+from .losses import (JointLoss, NoiseDraws, Teacher, bjd_loss, draw_noise, draw_terms, image_loss, joint_loss, njd_loss,
                      pixel_weights, channel_weights, mask_weights, snr_weights, target, timestep_weights)
 from .maskcode import MaskCodec, make_codec
 from .samplers import ddim_step, ddpm_step, reverse_chain, sample_pairs, x0_and_eps
@@ -38,5 +38,5 @@ from .schedule import add_noise, check_recipe, make_scheduler, timestep_grid
 
 __all__ = ["MASK_CODES", "PREDICTIONS", "REPLAY_TARGETS", "SAMPLERS", "SCHEDULES", "WEIGHTINGS", "JointLoss",
            "MaskCodec", "NoiseDraws", "Teacher", "add_noise", "bjd_loss", "check_recipe", "ddim_step", "ddpm_step",
-           "draw_noise", "image_loss", "joint_loss", "make_codec", "make_ema", "make_scheduler", "njd_loss",
+           "draw_noise", "draw_terms", "image_loss", "joint_loss", "make_codec", "make_ema", "make_scheduler", "njd_loss",
            "pixel_weights", "channel_weights", "mask_weights", "reverse_chain", "sample_pairs", "snr_weights", "target", "timestep_grid", "timestep_weights", "x0_and_eps"]

@@ -134,6 +134,9 @@ class NoiseDraws:
     k: torch.Tensor        # (B,) long
     eps_x: torch.Tensor    # like x0
     eps_y: torch.Tensor | None   # like y0 (None for images alone)
+    # (B,) long in {0, 1, 2}: the one BJD term each pair trains (diffusion.term_sampling "one", `draw_terms`);
+    # None: every pair trains all three.
+    term: torch.Tensor | None = None
 
 
 @dataclass
@@ -181,13 +184,26 @@ class JointLoss:
 
 
 def draw_noise(x0: torch.Tensor, y0: torch.Tensor | None, num_train_timesteps: int,
-               generator: torch.Generator | None = None) -> NoiseDraws:
-    """k ~ U{0..K-1}, eps_x, eps_y ~ N(0, I), drawn in that order from `generator` (no eps_y without y0)."""
+               generator: torch.Generator | None = None, one_term: bool = False) -> NoiseDraws:
+    """k ~ U{0..K-1}, eps_x, eps_y ~ N(0, I), drawn in that order from `generator` (no eps_y without y0);
+    with `one_term`, then each pair's BJD term (`draw_terms`)."""
     b = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
     k = torch.randint(0, int(num_train_timesteps), (b,), generator=generator, device=gdev).to(x0.device)
     eps_x = randn(x0.shape, generator, x0.device)
-    return NoiseDraws(k, eps_x, None if y0 is None else randn(y0.shape, generator, y0.device))
+    eps_y = None if y0 is None else randn(y0.shape, generator, y0.device)
+    return NoiseDraws(k, eps_x, eps_y, draw_terms(b, generator, x0.device) if one_term else None)
+
+
+def draw_terms(b: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(b,) term of eq. 3 for each of b pairs (0 joint, 1 image given mask, 2 mask given image): a random
+    permutation of 0, 1, 2, 0, 1, ... shifted by one random offset. The offset makes each pair's term
+    uniform on the three (so 3x the term's loss is unbiased for eq. 3's sum); the permutation keeps
+    the batch balanced (each term on b/3 pairs, +-1), which plain independent draws would not."""
+    gdev = generator.device if generator is not None else device
+    perm = torch.randperm(b, generator=generator, device=gdev)
+    offset = torch.randint(0, 3, (), generator=generator, device=gdev)
+    return ((perm + offset) % 3).to(device)
 
 
 def _check_pair(x0: torch.Tensor, y0: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -255,16 +271,29 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     image-given-mask term takes them per pixel, the other two per channel ("timestep": blended by abar_k). With a `teacher`
     the targets of all three terms are the teacher's outputs on the same inputs (see `Teacher`).
     reduce=False: `total` is the (B,) per-sample sum of the three terms (see `njd_loss`).
+
+    cfg.term_sampling = "one" trains each pair on one term only, `draws.term` (drawn here if absent),
+    with weight 3: one denoiser row per pair instead of three, an unbiased estimate of the same sum
+    (its mean over the three rotations of `draw_terms` is the "all" loss exactly). `terms` then logs
+    each term's mean over the pairs that trained it (0 where none did).
     """
     cfg = cfg or DiffusionConfig()
     prompt = _check_pair(x0, y0, prompt)
-    d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator)
+    one_term = cfg.term_sampling == "one"
+    d = draws if draws is not None else draw_noise(x0, y0, scheduler.num_train_timesteps, generator, one_term)
+    if d.term is not None and not one_term:
+        raise ValueError('bjd_loss: draws.term is given but diffusion.term_sampling is "all"')
     xk, yk = add_noise(scheduler, x0, d.eps_x, d.k), add_noise(scheduler, y0, d.eps_y, d.k)
-    inputs = [torch.cat([xk, yk], 1), torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
     a = _abar(scheduler, d.k, x0)
     tx, ty = target(cfg.prediction, x0, d.eps_x, a), target(cfg.prediction, y0, d.eps_y, a)
     cx = target(cfg.prediction, x0, torch.zeros_like(d.eps_x), a)   # clean image: no noise on this half
     cy = target(cfg.prediction, y0, torch.zeros_like(d.eps_y), a)   # clean mask: no noise on this half
+    names = ("joint", "image_given_mask", "mask_given_image")
+    if one_term:
+        term = d.term if d.term is not None else draw_terms(len(x0), generator, x0.device)
+        return _bjd_one_term(denoiser, term.to(x0.device), (x0, y0, xk, yk), (tx, ty, cx, cy), prompt, scheduler,
+                             d.k, a, cfg, teacher, reduce, parts, names)
+    inputs = [torch.cat([xk, yk], 1), torch.cat([xk, y0], 1), torch.cat([x0, yk], 1)]
     targets = [torch.cat([tx, ty], 1), torch.cat([tx, cy], 1), torch.cat([cx, ty], 1)]
     if teacher is not None:
         targets = _with_teacher(targets, teacher, inputs, d.k)
@@ -273,12 +302,31 @@ def bjd_loss(denoiser: nn.Module, x0: torch.Tensor, y0: torch.Tensor, prompt: to
     else:
         preds = [denoiser(inp, d.k, prompt) for inp in inputs]
     w = timestep_weights(scheduler, d.k, cfg, teacher)
-    names = ("joint", "image_given_mask", "mask_given_image")
     given = (False, True, False)     # the clean mask is an input of the image-given-mask term only
     terms = {n: _weighted_mse(p, t, w, reduce, mask_weights(y0, cfg, x0.shape[1], parts, g, a))
              for n, p, t, g in zip(names, preds, targets, given)}
     total = terms["joint"] + terms["image_given_mask"] + terms["mask_given_image"]
     return JointLoss(total, {n: v.detach().mean() for n, v in terms.items()})
+
+
+def _bjd_one_term(denoiser, term, clean_noisy, targets, prompt, scheduler, k, a, cfg, teacher, reduce, parts,
+                  names) -> JointLoss:
+    """bjd_loss with each pair in its one `term`: the input and target halves of that term, row by row."""
+    x0, y0, xk, yk = clean_noisy
+    tx, ty, cx, cy = targets
+    image_clean, mask_clean = (term == 2).view(-1, 1, 1, 1), (term == 1).view(-1, 1, 1, 1)
+    inp = torch.cat([torch.where(image_clean, x0, xk), torch.where(mask_clean, y0, yk)], 1)
+    tgt = torch.cat([torch.where(image_clean, cx, tx), torch.where(mask_clean, cy, ty)], 1)
+    if teacher is not None:
+        (tgt,) = _with_teacher([tgt], teacher, [inp], k)
+    pred = denoiser(inp, k, prompt)
+    given, other = (mask_weights(y0, cfg, x0.shape[1], parts, g, a) for g in (True, False))
+    pixels = None if given is None and other is None else torch.where(
+        mask_clean, 1.0 if given is None else given, 1.0 if other is None else other)
+    per_sample = 3 * _weighted_mse(pred, tgt, timestep_weights(scheduler, k, cfg, teacher), False, pixels)
+    terms = {n: (per_sample.detach() / 3 * (term == j)).sum() / (term == j).sum().clamp_min(1)
+             for j, n in enumerate(names)}
+    return JointLoss(per_sample.mean() if reduce else per_sample, terms)
 
 
 def image_loss(denoiser: nn.Module, x0: torch.Tensor, prompt: torch.Tensor, scheduler,

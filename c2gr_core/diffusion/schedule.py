@@ -9,7 +9,8 @@ import math
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from ..config import MASK_BALANCE_BY, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, WEIGHTINGS, DiffusionConfig
+from ..config import (MASK_BALANCE_BY, PREDICTIONS, REPLAY_TARGETS, SAMPLERS, SCHEDULES, TERM_SAMPLING, WEIGHTINGS,
+                      DiffusionConfig)
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm") -> DDPMScheduler | DDIMScheduler:
     """MONAI scheduler with K = cfg.num_train_timesteps steps of cfg.schedule (sec. 4.2: K = 1000).
@@ -55,6 +56,8 @@ def check_recipe(cfg: DiffusionConfig) -> None:
         raise ValueError(f"DiffusionConfig.teacher_scale must be a finite number > 0, got {ts!r}")
     if cfg.mask_balance_by not in MASK_BALANCE_BY:
         raise ValueError(f"DiffusionConfig.mask_balance_by: unknown {cfg.mask_balance_by!r}; allowed: {list(MASK_BALANCE_BY)}")
+    if cfg.term_sampling not in TERM_SAMPLING:
+        raise ValueError(f"DiffusionConfig.term_sampling: unknown {cfg.term_sampling!r}; allowed: {list(TERM_SAMPLING)}")
 
 
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

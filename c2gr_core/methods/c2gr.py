@@ -74,8 +74,9 @@ class C2GR(GenerativeReplay, Method):
         return images, labels
 
     def probe_batch(self, network) -> int:
-        # BJD runs its three terms (eq. 3) as one batch through the denoiser.
-        return super().probe_batch(network) * (3 if network is self.model.denoiser and self.objective == "bjd" else 1)
+        # BJD runs its three terms (eq. 3) as one batch through the denoiser, unless each pair trains one.
+        rows = 3 if self.objective == "bjd" and self.ctx.cfg.diffusion.term_sampling == "all" else 1
+        return super().probe_batch(network) * (rows if network is self.model.denoiser else 1)
 
     def last_round(self) -> int:
         return self.seen if self.seen >= 0 else len(self.ctx.cards) - 1

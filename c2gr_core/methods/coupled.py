@@ -81,8 +81,10 @@ class C2GRModel(nn.Module):
         if parts is None:
             return joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher).total
         k = self.diffusion_cfg.num_train_timesteps
-        draws = [draw_noise(xp, yp, k) for xp, yp in zip(x.split(parts), y0.split(parts))]
-        draws = NoiseDraws(*(torch.cat([getattr(d, f) for d in draws]) for f in ("k", "eps_x", "eps_y")))
+        one_term = self.diffusion_cfg.term_sampling == "one" and self.objective == "bjd"
+        draws = [draw_noise(xp, yp, k, one_term=one_term) for xp, yp in zip(x.split(parts), y0.split(parts))]
+        draws = NoiseDraws(*(torch.cat([getattr(d, f) for d in draws]) for f in ("k", "eps_x", "eps_y")),
+                           term=torch.cat([d.term for d in draws]) if one_term else None)
         per_sample = joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher,
                                 draws=draws, reduce=False, parts=tuple(parts)).total
         return [p.mean() for p in per_sample.split(parts)]

@@ -547,6 +547,7 @@ PROBES: dict[str, Probe] = {
     "diffusion.teacher_scale": Changes(2.5, setup=_teacher_targets, observe=loss_on_replay),
     "diffusion.mask_balance": Changes(0.0, observe=diffusion_loss_of_zero_denoiser),
     "diffusion.mask_balance_by": Changes("channel", observe=diffusion_loss_of_zero_denoiser),
+    "diffusion.term_sampling": Changes("one", observe=denoiser_batches),
     # ---- prompt
     "prompt.encoder": Changes("minilm", observe=task_embeddings),
     "prompt.open_clip_model": Changes("ViT-S-32", setup=_open_clip_missing_file, observe=run_start,

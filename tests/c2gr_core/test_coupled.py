@@ -101,20 +101,24 @@ def test_stratified_replay_batch_matches_the_1_over_t_minus_1_average(emb):
 
 
 @pytest.mark.parametrize("one_forward", [True, False])
-@pytest.mark.parametrize("objective, balance_by", [("bjd", "pixel"), ("njd", "pixel"), ("bjd", "channel"),
-                                                   ("njd", "channel"), ("bjd", "timestep")])
-def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by, one_forward):
+@pytest.mark.parametrize("objective, balance_by, terms", [
+    ("bjd", "pixel", "all"), ("njd", "pixel", "all"), ("bjd", "channel", "all"), ("njd", "channel", "all"),
+    ("bjd", "timestep", "all"), ("bjd", "timestep", "one"), ("njd", "timestep", "one")])
+def test_one_forward_for_both_batches_gives_the_losses_of_separate_forwards(emb, objective, balance_by, terms,
+                                                                           one_forward):
     """coupled_loss runs current + replay through each network at once (or, with one_forward=False,
     batch by batch: a run picks whichever is faster); the reference below is the plain per-batch
     computation (one segmentor and one denoiser forward per batch, noise drawn batch by batch, the
     replay batch distilled from a teacher). Class-balanced weights by channel take
-    each batch's own class shares, as separate forwards would."""
+    each batch's own class shares, as separate forwards would; with diffusion.term_sampling "one" each
+    batch draws its pairs' BJD terms after its noise, as a separate forward would."""
     from c2gr_core.diffusion import Teacher, joint_loss
     from c2gr_core.losses import seg_loss
 
     m, sched = model(emb)
     m.objective = m.diffusion_cfg.objective = objective
     m.diffusion_cfg.mask_balance, m.diffusion_cfg.mask_balance_by = 0.5, balance_by
+    m.diffusion_cfg.term_sampling = terms
     teacher = (C2GRModel(preset("tiny"), c_max=3, emb=emb).denoiser.eval(), torch.randn(2, m.prompt.node_dim))
     cur, rep = batch(1, n=3, seed=1), batch(0, n=2, seed=2)
     torch.manual_seed(7)
