@@ -133,6 +133,21 @@ def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_term_sampling_quick_times_both_steps_with_a_third_of_the_rows(tmp_path):
+    r = script("term_sampling").main(["--quick", "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())["rows"] == r["rows"]
+    rows = {(r_["term_sampling"], r_["step"]): r_ for r_ in r["rows"]}
+    assert set(rows) == {(t, s) for t in ("all", "one") for s in ("coupled_step", "generator_step")}
+    for step in ("coupled_step", "generator_step"):
+        # B current + B replayed pairs, three rows each under "all", one under "one"
+        assert rows[("all", step)]["denoiser_rows"] == 3 * rows[("one", step)]["denoiser_rows"] == 6 * r["batch"]
+        assert rows[("all", step)]["speedup"] == 1.0
+        assert math.isclose(rows[("one", step)]["speedup"], rows[("all", step)]["sec"] / rows[("one", step)]["sec"])
+    with pytest.raises(SystemExit):
+        script("term_sampling").main(["--quick", "--reps", "0", "--out", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_profile_step_split_times_each_change_alone(tmp_path):
     r = script("profile_step").main(["--quick", "--split", "--no-ops", "--out", str(tmp_path / "p.json")])
     singles = {"einsum_attention_only", "one_forward_only"} | ({f"{r['after_setup']}_only"} - {"fp32_only"})
