@@ -119,7 +119,8 @@ def probe_like_a_run(setup: Setup, cfg) -> dict[str, float]:
 
 def run_networks(setup: Setup, cfg) -> list:
     """The (network, inputs) a C2GR run of `cfg` probes (Method.probe_batch): current + replay rows
-    through the segmentor, BJD's three terms of both through the denoiser."""
+    through the segmentor, BJD's three terms of both through the denoiser (the default
+    diffusion.term_sampling "all"; these benchmarks time that path)."""
     B = cfg.train.batch_size
     return [(setup.model.segmentor, setup.model.segmentor.example_inputs(2 * B, cfg.data.image_size)),
             (setup.model.denoiser, setup.model.denoiser.example_inputs(6 * B, cfg.data.image_size))]

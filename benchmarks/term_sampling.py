@@ -10,8 +10,8 @@ C2GR round are timed, the coupled step (segmentor + generator, the round's first
 generator-only step (the rest of its `train.gen_epochs`), each on B current and B replayed pairs against
 the frozen teacher (`profile_step.Case`, the steps a run takes). Every (setup, term_sampling, step) is
 timed interleaved in one process, min of `--reps`; `speedup` is "all"'s seconds over "one"'s, same setup
-and step; `denoiser_rows` counts the rows the trained denoiser sees in the step (the teacher's are a
-third of "all"'s under either). Whether the run learns as well is a separate question, answered by the runs of BENCHMARKS.md.
+and step; `denoiser_rows` counts the rows the trained denoiser sees in the step (the teacher, not
+counted, sees a third of its "all" rows under "one" too). Whether the run learns as well is a separate question, answered by the runs of BENCHMARKS.md.
 Writes benchmarks/results/term_sampling_step.json (or --out).
 """
 from __future__ import annotations

@@ -81,7 +81,7 @@ class C2GRModel(nn.Module):
         if parts is None:
             return joint_loss(self.diffusion_cfg, self.denoiser, x, y0, prompt, scheduler, teacher=teacher).total
         k = self.diffusion_cfg.num_train_timesteps
-        one_term = self.diffusion_cfg.term_sampling == "one" and self.objective == "bjd"
+        one_term = self.diffusion_cfg.term_sampling == "one" and self.diffusion_cfg.objective == "bjd"  # as joint_loss reads it
         draws = [draw_noise(xp, yp, k, one_term=one_term) for xp, yp in zip(x.split(parts), y0.split(parts))]
         draws = NoiseDraws(*(torch.cat([getattr(d, f) for d in draws]) for f in ("k", "eps_x", "eps_y")),
                            term=torch.cat([d.term for d in draws]) if one_term else None)

@@ -44,7 +44,7 @@ def test_each_pair_sees_its_terms_input_and_target_by_hand():
     assert loss.total.item() == pytest.approx(total / B, rel=1e-5)
 
 
-@pytest.mark.parametrize("balance_by", ["pixel", "timestep"])
+@pytest.mark.parametrize("balance_by", ["pixel", "mixed", "timestep"])
 @pytest.mark.parametrize("with_teacher", [False, True])
 def test_the_mean_over_the_three_rotations_is_eq3s_sum(balance_by, with_teacher):
     """Over the rotations (term + r) % 3 every pair meets each term once, so the mean of the three
