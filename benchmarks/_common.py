@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,3 +41,23 @@ def run_wall_s(run: str | os.PathLike) -> float:
     """Seconds a finished run spent replaying, training and evaluating, from its timings.json."""
     timings = json.loads((Path(run) / "timings.json").read_text())
     return sum(t["replay_s"] + t["fit_s"] + t["eval_s"] for t in timings)
+
+
+def cpu_model() -> str:
+    # platform.processor() is empty or "x86_64" on Linux, and a VM's model name often hides the
+    # generation: the bf16 instructions decide what bf16 gains, so they are named too.
+    name, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    return f"{name} ({', '.join(bf16)})" if bf16 else name

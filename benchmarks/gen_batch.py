@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, write_json  # noqa: E402
+from benchmarks._common import RESULTS, cpu_model, write_json  # noqa: E402
 from benchmarks.profile_step import Case  # noqa: E402
 from benchmarks.training_cost import Setup  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
@@ -42,26 +41,6 @@ from c2gr_core.methods.coupled import coupled_loss  # noqa: E402
 from c2gr_core.training import allocator  # noqa: E402
 
 SETUPS = {"fp32": ("fp32", False), "fp32_channels_last": ("fp32_channels_last", False), "bf16": ("fp32", True)}
-
-
-def cpu_model() -> str:
-    # platform.processor() is empty or "x86_64" on Linux, and a VM's model name often hides the
-    # generation: the bf16 instructions decide what bf16 gains, so they are named too.
-    name, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if name and flags:
-                    break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-    return f"{name} ({', '.join(bf16)})" if bf16 else name
 
 
 def base_step(rows: list[dict], setup: str, batch: int) -> float:

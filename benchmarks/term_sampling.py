@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, write_json  # noqa: E402
-from benchmarks.gen_batch import SETUPS, cpu_model  # noqa: E402
+from benchmarks._common import RESULTS, cpu_model, write_json  # noqa: E402
+from benchmarks.gen_batch import SETUPS  # noqa: E402
 from benchmarks.profile_step import Case  # noqa: E402
 from benchmarks.training_cost import Setup  # noqa: E402
 from c2gr_core.config import TERM_SAMPLING, preset  # noqa: E402
