@@ -23,7 +23,7 @@ export OMP_NUM_THREADS ?= 2
 # 44.04 Overall per pixel against 36.48 with the preset's weights, seed 0 (BENCHMARKS.md section 2).
 # Override e.g. `make stream PARAMS='-p n_tasks 6 -p methods "[finetune, c2gr]"'`.
 TAG ?= $(shell date +%H%M%S)
-STREAM_PARAMS ?= -p stream synthetic-paper-20 -p preset_name bench -p config_overrides '{"train.gen_epochs": 34, "train.epochs": 8, "diffusion.mask_balance_by": "pixel"}' -p ablation "[]" -p progress true
+STREAM_PARAMS ?= -p stream synthetic-paper-20 -p preset_name bench -p config_overrides '{"train.gen_epochs": 68, "train.epochs": 8, "diffusion.mask_balance_by": "pixel"}' -p ablation "[]" -p progress true
 PARAMS ?=
 NB ?= notebooks/05_full_stream.ipynb
 
