@@ -15,12 +15,12 @@ export OMP_NUM_THREADS ?= 2
 .PHONY: env test stream notebook lab clean-env
 
 # `make stream` runs the full-stream notebook on the synthetic 20-task stream at the bench preset
-# (FineTune, JointTrain, C2GR; 22-26 minutes on a 2-core AMD EPYC, with 102 generator and 24 segmentor
-# steps per round instead of the preset's 600 and 96: BENCHMARKS.md section 2) through papermill into
-# runs/<date>_05_full_stream_<TAG>/. At that budget it keeps per-pixel class weights
-# (diffusion.mask_balance_by=pixel; the preset's "timestep" weights win at its 600 generator steps and
-# lose at these 102, where faint structures are learnt more slowly): C2GR
-# 44.04 Overall per pixel against 36.48 with the preset's weights, seed 0 (BENCHMARKS.md section 2).
+# (FineTune, JointTrain, C2GR; 52 minutes on a 2-core AMD EPYC Zen 3 in fp32, where the previous budget took
+# 26 on an EPYC with AVX-512 and bf16; 204 generator and 24 segmentor steps per round instead of the preset's 1200 and 96:
+# BENCHMARKS.md section 2) through papermill into runs/<date>_05_full_stream_<TAG>/. At that budget it keeps
+# per-pixel class weights (diffusion.mask_balance_by=pixel; the preset's "timestep" weights win at its own
+# budget and lost at 102 steps, where faint structures are learnt more slowly: C2GR 44.04 Overall per pixel
+# against 36.48 with the preset's weights, seed 0, BENCHMARKS.md section 2).
 # Override e.g. `make stream PARAMS='-p n_tasks 6 -p methods "[finetune, c2gr]"'`.
 TAG ?= $(shell date +%H%M%S)
 STREAM_PARAMS ?= -p stream synthetic-paper-20 -p preset_name bench -p config_overrides '{"train.gen_epochs": 68, "train.epochs": 8, "diffusion.mask_balance_by": "pixel"}' -p ablation "[]" -p progress true
