@@ -273,7 +273,8 @@ def _bench() -> ExperimentConfig:
     # mask_balance_by "timestep": a noised mask's class weights go from per channel at high noise to per
     # pixel at low noise. Per-pixel weights (the other presets) bias the generated foreground upwards;
     # on the 9-task stream "timestep" gave 85.38 +- 0.51 Overall against 84.21 +- 0.89 (seeds 0-2, fp32,
-    # ahead in every seed; validation 86.01 vs 84.40; BENCHMARKS.md 4e). Measured at this preset only.
+    # ahead in every seed; validation 86.01 vs 84.40; BENCHMARKS.md 4e). Measured at the previous bench preset
+    # (all three BJD terms, 600 steps) only.
     # lr 3e-3 because with so few steps 1e-4 learns nothing (1e-2 was worse for the generator).
     return ExperimentConfig(
         preset="bench",
