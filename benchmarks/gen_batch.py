@@ -4,7 +4,8 @@
     python benchmarks/gen_batch.py --setups fp32 --batches 16 48
 
 Past the coupled phase a C2GR round trains the generator alone (1104 of the bench preset's 1200 generator
-steps; 504 of 600 in the preset that `gen_batch.json` was measured with, all three BJD terms per pair): each step is BJD on `B` current pairs plus the distillation loss on `B` replayed ones, against
+steps; 504 of 600 in the preset that `gen_batch.json` was measured with, all three BJD terms per pair):
+each step is BJD on `B` current pairs plus the distillation loss on `B` replayed ones, against
 the frozen teacher (`profile_step.Case.generator_step`, the step a run takes). An epoch is the task's
 training pairs once (`--pairs`, 48 at the bench preset), so a batch of B takes ceil(pairs / B) steps.
 Steps of every (setup, batch) are timed interleaved in one process, min of `--reps`; the figure that
