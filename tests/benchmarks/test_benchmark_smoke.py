@@ -62,11 +62,17 @@ def test_ablation_and_replay_quality_read_the_table_runs(table, tmp_path):
 def test_replay_cost_compares_samplers_from_one_checkpoint(table, tmp_path):
     out, _ = table
     r = script("replay_cost").main(["--runs", str(out / "runs"), "--pairs", "2", "--tasks", "fundus-a",
-                                    "--samplers", "ddpm-200", "ddim-10", "--out", str(tmp_path / "rc.json")])
-    assert set(r["samplers"]) == {"ddpm-200", "ddim-10"}
+                                    "--samplers", "ddpm-200", "ddpm-10", "ddim-10", "--out", str(tmp_path / "rc.json")])
+    s = r["samplers"]
+    assert set(s) == {"ddpm-200", "ddpm-10", "ddim-10"}
     # 200 denoiser calls cannot be faster than 10 of the same network on the same pairs.
-    assert r["samplers"]["ddim-10"]["speedup_vs_ddpm200"] > 2
-    assert r["fewest_ddim_steps_within_1_point_of_ddpm200"] in (None, 10)
+    assert s["ddim-10"]["speedup_vs_ddpm200"] > 2
+    close = {k for k in ("ddpm-10", "ddim-10")
+             if 100 * (s["ddpm-200"]["correspondence_dsc"] - s[k]["correspondence_dsc"]) <= 1.0}
+    assert r["fewest_ddim_steps_within_1_point_of_ddpm200"] == (10 if "ddim-10" in close else None)
+    # Strided DDPM counts too: the answer is one of the 10-step samplers within a point, or none.
+    assert (r["fewest_steps_within_1_point_of_ddpm200"] in close) if close else \
+        r["fewest_steps_within_1_point_of_ddpm200"] is None
 
 
 def test_replay_cost_rejects_a_bad_sampler(table):
