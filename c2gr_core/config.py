@@ -265,8 +265,8 @@ def _bench() -> ExperimentConfig:
     # expectation for a third of the denoiser rows, so twice the steps of "all" at 600 take the same time):
     # 86.07 against 84.90 Overall (seeds 0-2 paired on an Intel Xeon with AMX, fp32, +1.16 +- 1.62; replay
     # correspondence higher in every seed, BENCHMARKS.md section 7). Before: 600 steps 84.2 against 300
-    # steps 81.0 (seeds 0-2) and 55.4 against 32.3 for 300 vs 120 steps on an older preset. `make stream` passes smaller budgets to fit
-    # its time budget (Makefile).
+    # steps 81.0 (seeds 0-2) and 55.4 against 32.3 for 300 vs 120 steps on an older preset. `make stream`
+    # passes smaller budgets to fit its time budget (Makefile).
     # replay_target "teacher": with "data" (eq. 8) the generator drifts through its own replay (fundus
     # tasks at 0-14 % DSC after the four M&Ms rounds of the 20-task stream); distilling the generator
     # as the round began kept them at 33-52 % (BENCHMARKS.md, the 20-task stream).
