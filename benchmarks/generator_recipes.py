@@ -49,6 +49,7 @@ from c2gr_core.methods.finetune import FineTune  # noqa: E402
 from c2gr_core.analysis.quality import SegmentorFeatures, copy_ratio, correspondence_dsc, feature_fid  # noqa: E402
 from c2gr_core.experiment.runs import method_context  # noqa: E402
 from c2gr_core.experiment.runner import evaluate  # noqa: E402
+from c2gr_core.models.attention import ATTENTION_KINDS, fix_attention  # noqa: E402
 from data_catalog.catalog import get_card  # noqa: E402
 from data_catalog.synthetic import synthetic_task  # noqa: E402
 
@@ -109,6 +110,10 @@ def main(argv=None) -> dict:
                     help="the generator's seed: its training pairs, initial weights, batch order, diffusion noise and "
                          "sampling noise (the reference segmentors keep theirs, so every seed is scored by one ruler)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attention", choices=ATTENTION_KINDS, default="math",
+                    help="the denoiser's attention kernel (models/attention.py). math: the CPU default, what every "
+                         "recorded row used; sdpa: the same maths by torch's fused kernel, which a run's numerics "
+                         "probe picks where it is faster (2.8x per step at 128^2 on a Zen 3, BENCHMARKS.md)")
     ap.add_argument("--out", default=str(RESULTS / "generator_recipes.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,7 +137,7 @@ def main(argv=None) -> dict:
                         "sampler": f"{base.diffusion.sampler}-{base.diffusion.sample_steps}", "ema": args.ema[0],
                         "ema_alternatives": args.ema[1:],
                         "pairs": args.pairs, "seed": base.train.seed, "snr_gamma": base.diffusion.snr_gamma,
-                        "threads": args.threads,
+                        "threads": args.threads, "attention": args.attention,
                         "steps": sorted(args.steps)}
     for k, card in enumerate(cards):
         data = synthetic_task(card, base.data.image_size, base.data.n_train, base.data.n_val, base.data.n_test,
@@ -160,6 +165,7 @@ def main(argv=None) -> dict:
                 cfg.diffusion.prediction, cfg.diffusion.loss_weighting = recipe.split("/")
                 torch.manual_seed(args.seed)
                 model = C2GRModel(cfg, c_max, ctx.emb, objective=objective)
+                fix_attention(model.denoiser, args.attention)   # before the EMA copies it
                 with torch.no_grad():
                     zeta = model.prompts(ctx.emb, len(cards) - 1)[1][k].detach()  # fixed: only the denoiser learns
                 den = model.denoiser.train()

@@ -250,6 +250,27 @@ def test_generator_recipes_seed_changes_the_generator_not_the_ruler(tmp_path):
         script("generator_recipes").main(args + ["--set", "train.seed=1", "--out", str(tmp_path / "x.json")])
 
 
+def test_generator_recipes_attention_kernel_is_honoured(tmp_path, monkeypatch):
+    from c2gr_core.diffusion import samplers
+    seen = []
+    real = samplers.reverse_chain
+
+    def spy(denoiser, *a, **k):
+        seen.append({m.use_flash_attention for m in denoiser.modules() if hasattr(m, "use_flash_attention")})
+        return real(denoiser, *a, **k)
+
+    monkeypatch.setattr(samplers, "reverse_chain", spy)
+    args = ["--preset", "tiny", "--tasks", "fundus-a", "--recipes", "v/min_snr", "--objectives", "bjd", "--steps", "2",
+            "--pairs", "2", "--ref-steps", "2"]
+    for kind, flash in (("sdpa", True), ("math", False)):
+        seen.clear()
+        r = script("generator_recipes").main(args + ["--attention", kind, "--out", str(tmp_path / f"{kind}.json")])
+        assert r["config"]["attention"] == kind
+        assert seen and all(s == {flash} for s in seen)   # raw and EMA weights alike
+    with pytest.raises(SystemExit):
+        script("generator_recipes").main(args + ["--attention", "flash", "--out", str(tmp_path / "x.json")])
+
+
 RECIPE_NAMES = ["eps/uniform", "eps/min_snr", "v/uniform", "v/min_snr"]
 
 
