@@ -10,6 +10,7 @@ single matmuls timed between the steps).
 
     python benchmarks/training_cost.py                  # bench preset (32^2)
     python benchmarks/training_cost.py --preset cpu     # 64^2 networks of the cpu preset
+    python benchmarks/training_cost.py --set data.image_size=128 --only ...   # bench networks at 128^2
 
 A step sees one current-task batch and one replay batch of cfg.train.batch_size pairs each, as a
 C2GR round does from round 1 on; img/s counts those 2B image-mask pairs. The variants are timed
@@ -36,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, write_json  # noqa: E402
-from c2gr_core.config import preset  # noqa: E402
+from c2gr_core.config import apply_overrides, preset  # noqa: E402
 from c2gr_core.methods.coupled import C2GRModel, PairBatch, coupled_loss  # noqa: E402
 from c2gr_core.diffusion import bjd_loss, make_scheduler  # noqa: E402
 from c2gr_core.training import allocator  # noqa: E402
@@ -154,6 +155,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc malloc as it comes (runs keep freed memory: training/allocator.py)")
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, 2 reps, small matmul")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a preset value, as `c2gr run --set` (e.g. data.image_size=128)")
     ap.add_argument("--out", default=str(RESULTS / "training_cost.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -161,7 +164,7 @@ def main(argv=None) -> dict:
     if not args.default_malloc:
         allocator.keep_freed_memory()
     torch.set_num_threads(args.threads)
-    cfg = preset(args.preset)
+    cfg = apply_overrides(preset(args.preset), args.set)
     if args.quick:
         cfg.train.batch_size = 2
     setup = Setup(cfg)
@@ -204,7 +207,7 @@ def main(argv=None) -> dict:
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "malloc_keeps_freed_memory": allocator.kept,
-              "preset": args.preset, "image_size": cfg.data.image_size, "pairs_per_step": setup.pairs,
+              "preset": args.preset, "overrides": args.set, "image_size": cfg.data.image_size, "pairs_per_step": setup.pairs,
               "segmentor_params": sum(p.numel() for p in setup.model.segmentor.parameters()),
               "denoiser_params": sum(p.numel() for p in setup.model.denoiser.parameters()),
               "matmul_n": args.matmul_n, "matmul_peak_flop_per_s": peaks, "variants": rows,

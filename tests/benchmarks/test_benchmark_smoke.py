@@ -448,6 +448,19 @@ def test_training_cost_times_only_the_variants_asked(tmp_path):
         script("training_cost").main(["--quick", "--only", "coupled_fp16_math_contiguous"])
 
 
+def test_training_cost_set_overrides_the_preset(tmp_path):
+    r = script("training_cost").main(["--quick", "--only", "coupled_fp32_math_contiguous", "--set",
+                                      "data.image_size=24", "--out", str(tmp_path / "tc.json")])
+    assert r["image_size"] == 24 and r["overrides"] == ["data.image_size=24"]
+    default = script("training_cost").main(["--quick", "--only", "coupled_fp32_math_contiguous",
+                                            "--out", str(tmp_path / "tc.json")])
+    # the FLOPs of a step grow with the pixels it sees
+    assert r["variants"]["coupled_fp32_math_contiguous"]["flops_per_step"] != \
+        default["variants"]["coupled_fp32_math_contiguous"]["flops_per_step"]
+    with pytest.raises(ValueError, match="nosuch"):
+        script("training_cost").main(["--quick", "--set", "data.nosuch=1", "--out", str(tmp_path / "x.json")])
+
+
 def _budget_row(name, seed, overall, final_row):
     return {"name": name, "seed": seed, "test_overall": overall,
             "test_final_row": dict(zip(["t1", "t2", "t3"], final_row))}
