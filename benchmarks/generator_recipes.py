@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--attention", choices=ATTENTION_KINDS, default="math",
                     help="the denoiser's attention kernel (models/attention.py). math: the CPU default, what every "
                          "recorded row used; sdpa: the same maths by torch's fused kernel, which a run's numerics "
-                         "probe picks where it is faster (2.8x per step at 128^2 on a Zen 3, BENCHMARKS.md)")
+                         "probe picks where it is faster (BENCHMARKS.md, 'Not done': BJD vs NJD at 128^2)")
     ap.add_argument("--out", default=str(RESULTS / "generator_recipes.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
