@@ -9,7 +9,8 @@ For each task the four samplers start from the same seed; time is the wall time 
 sampling call divided by the pairs (one process, one after the other, so the ratios are fair even
 when other jobs share the machine). The answer is the fewest DDIM steps whose mean correspondence
 DSC is within one point (1 % DSC) of DDPM-200's, among DDIM settings and among all (strided DDPM too,
-e.g. `--samplers ddpm-200 ddpm-50 ddim-25`).
+e.g. `--samplers ddpm-200 ddpm-50 ddim-25`). A DDIM sampler may carry its eta (Song et al. eq. 16:
+0 deterministic, the default; 1 the ancestral DDPM's variance): `ddim-25-eta1`, `ddim-25-eta0.5`.
 Writes benchmarks/results/replay_cost.json (or --out).
 """
 from __future__ import annotations
@@ -32,6 +33,25 @@ from c2gr_core.experiment.runs import load_method  # noqa: E402
 SAMPLERS = [("ddpm", 200), ("ddim", 50), ("ddim", 25), ("ddim", 10)]
 
 
+def parse_sampler(spec: str) -> tuple[str, int, float]:
+    """'ddim-25-eta0.5' -> ('ddim', 25, 0.5); eta is 0 unless given, and only DDIM has one."""
+    kind, _, rest = spec.partition("-")
+    steps, _, eta = rest.partition("-eta")
+    try:
+        eta_value = float(eta) if eta else 0.0
+    except ValueError:
+        eta_value = -1.0
+    if kind not in ("ddpm", "ddim") or not steps.isdigit() or not 0.0 <= eta_value <= 1.0 or \
+            (eta and kind != "ddim") or rest.count("-") > 1:
+        raise SystemExit(f"--samplers: {spec!r} is not sampler-steps[-etaE] with sampler ddpm|ddim and "
+                         f"0 <= E <= 1 for DDIM only (e.g. ddim-25, ddim-25-eta1)")
+    return kind, int(steps), eta_value
+
+
+def label(kind: str, steps: int, eta: float) -> str:
+    return f"{kind}-{steps}" + (f"-eta{eta:g}" if eta else "")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default=str(TABLE_RUNS), help="folder of <method>-s<seed> runs")
@@ -40,17 +60,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--pairs", type=int, default=32, help="pairs per task and sampler")
     ap.add_argument("--tasks", nargs="+", default=None, help="task names (default: every task of the run)")
     ap.add_argument("--samplers", nargs="+", default=[f"{s}-{k}" for s, k in SAMPLERS],
-                    help="sampler-steps, e.g. ddpm-200 ddim-10")
+                    help="sampler-steps[-etaE], e.g. ddpm-200 ddim-10 ddim-25-eta1 (eta: DDIM only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "replay_cost.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    samplers = []
-    for s in args.samplers:
-        kind, _, steps = s.partition("-")
-        if kind not in ("ddpm", "ddim") or not steps.isdigit():
-            raise SystemExit(f"--samplers: {s!r} is not sampler-steps with sampler ddpm|ddim (e.g. ddim-25)")
-        samplers.append((kind, int(steps)))
+    samplers = [parse_sampler(s) for s in args.samplers]
     gen_run = finished_run(args.runs, args.method, args.seed)
     m = load_method(gen_run)
     ref = load_method(finished_run(args.runs, "joint", args.seed))
@@ -64,20 +79,21 @@ def main(argv=None) -> dict:
     m.model.eval()
     with torch.no_grad():
         _, z_gen = m.model.prompts(m.ctx.emb, len(names) - 1)
-    per: dict = {f"{s}-{k}": {"per_task": {}} for s, k in samplers}
+    per: dict = {label(*s): {"per_task": {}} for s in samplers}
     for task in tasks:
         j = names.index(task)
-        for kind, steps in samplers:
+        for kind, steps, eta in samplers:
+            key = label(kind, steps, eta)
             gen = torch.Generator().manual_seed(1000 + j)
             t0 = time.perf_counter()
             images, labels = sample_pairs(m.replay_denoiser, z_gen[j], args.pairs, cfg.data.image_size, m.model.codec,
-                                          sampler=kind, steps=steps, cfg=cfg.diffusion, generator=gen)
+                                          sampler=kind, steps=steps, cfg=cfg.diffusion, generator=gen, eta=eta)
             sec = time.perf_counter() - t0
             labels[labels > m.ctx.cards[j].n_classes] = 0  # as C2GR.replay does
             corr = correspondence_dsc(images, labels, ref, ref_names.index(task), m.ctx.cards[j].n_classes)
-            per[f"{kind}-{steps}"]["per_task"][task] = {"sec_per_pair": sec / args.pairs,
+            per[key]["per_task"][task] = {"sec_per_pair": sec / args.pairs,
                                                         "correspondence_dsc": corr["mean"]}
-            print(f"{task:12s} {kind}-{steps:<4d} {1000 * sec / args.pairs:8.1f} ms/pair  "
+            print(f"{task:12s} {key:<13s} {1000 * sec / args.pairs:8.1f} ms/pair  "
                   f"correspondence DSC {100 * corr['mean']:5.1f}", flush=True)
     for v in per.values():
         v["sec_per_pair"] = float(np.mean([r["sec_per_pair"] for r in v["per_task"].values()]))
@@ -88,16 +104,17 @@ def main(argv=None) -> dict:
     base = per.get("ddpm-200")
     if base is not None:
         # Strided DDPM is the paper's own sampler with fewer steps, so it competes with DDIM for the answer.
-        within = sorted((k, s) for (s, k) in samplers if (s, k) != ("ddpm", 200) and
-                        100 * (base["correspondence_dsc"] - per[f"{s}-{k}"]["correspondence_dsc"]) <= 1.0)
-        ddim = [k for k, s in within if s == "ddim"]
+        within = sorted((k, e, s) for (s, k, e) in samplers if (s, k, e) != ("ddpm", 200, 0.0) and
+                        100 * (base["correspondence_dsc"] - per[label(s, k, e)]["correspondence_dsc"]) <= 1.0)
+        ddim = [k for k, e, s in within if s == "ddim"]
         result["fewest_ddim_steps_within_1_point_of_ddpm200"] = ddim[0] if ddim else None
-        result["fewest_steps_within_1_point_of_ddpm200"] = f"{within[0][1]}-{within[0][0]}" if within else None
+        result["fewest_steps_within_1_point_of_ddpm200"] = label(within[0][2], within[0][0], within[0][1]) \
+            if within else None
         for k, v in per.items():
             v["speedup_vs_ddpm200"] = base["sec_per_pair"] / v["sec_per_pair"]
     out = write_json(result, args.out)
     for k, v in per.items():
-        print(f"{k:9s} {1000 * v['sec_per_pair']:8.1f} ms/pair  correspondence DSC {100 * v['correspondence_dsc']:5.1f}"
+        print(f"{k:13s} {1000 * v['sec_per_pair']:8.1f} ms/pair  correspondence DSC {100 * v['correspondence_dsc']:5.1f}"
               + (f"  {v['speedup_vs_ddpm200']:5.1f}x faster than ddpm-200" if "speedup_vs_ddpm200" in v else ""))
     if "fewest_ddim_steps_within_1_point_of_ddpm200" in result:
         print("fewest DDIM steps within 1 DSC point of DDPM-200:",

@@ -75,10 +75,26 @@ def test_replay_cost_compares_samplers_from_one_checkpoint(table, tmp_path):
         r["fewest_steps_within_1_point_of_ddpm200"] is None
 
 
-def test_replay_cost_rejects_a_bad_sampler(table):
+@pytest.mark.parametrize("spec", ["euler-10", "ddim-x", "ddpm-25-eta1", "ddim-25-eta2", "ddim-25-etax", "ddim-25-eta1-2"])
+def test_replay_cost_rejects_a_bad_sampler(table, spec):
     out, _ = table
     with pytest.raises(SystemExit, match="sampler-steps"):
-        script("replay_cost").main(["--runs", str(out / "runs"), "--samplers", "euler-10"])
+        script("replay_cost").main(["--runs", str(out / "runs"), "--samplers", spec])
+
+
+def test_replay_cost_passes_each_samplers_eta_to_the_chain(table, tmp_path):
+    out, _ = table
+    mod = script("replay_cost")
+    seen, real = [], mod.sample_pairs
+
+    def recording(*a, **kw):
+        seen.append((kw["sampler"], kw["steps"], kw["eta"]))
+        return real(*a, **kw)
+    mod.sample_pairs = recording
+    r = mod.main(["--runs", str(out / "runs"), "--pairs", "1", "--tasks", "fundus-a",
+                  "--samplers", "ddim-5", "ddim-5-eta0.5", "ddim-5-eta1", "--out", str(tmp_path / "rc.json")])
+    assert seen == [("ddim", 5, 0.0), ("ddim", 5, 0.5), ("ddim", 5, 1.0)]
+    assert list(r["samplers"]) == ["ddim-5", "ddim-5-eta0.5", "ddim-5-eta1"]
 
 
 def test_training_cost_quick(tmp_path):
