@@ -1,4 +1,4 @@
-"""Paired-seed comparison of segmentor_budget rows: is a method above another on the same seeds and machine?
+"""Paired-seed comparison of segmentor_budget rows or of run folders: is a method above another on the same seeds and machine?
 
     python benchmarks/paired_seeds.py --base c2gr_train.amp_bf16-false_amx \
         --vs cgr_train.amp_bf16-false_amx c2gr-norups_train.amp_bf16-false_amx \
@@ -10,6 +10,11 @@ For each row name given to --vs and each metric (test Overall, and the mean of t
 previous tasks, i.e. all but the last), the table gives the per-seed figures, the paired differences
 base - vs, their mean and sample std, and a two-sided paired t-test (scipy.stats.ttest_rel; no p with one
 seed). Rows are read from segmentor_budget.json (keys NAME-sSEED); nothing is trained here.
+Or pair finished run folders (`c2gr run` outputs, any stream), each one's seed read from its config:
+
+    python benchmarks/paired_seeds.py --base-runs RUN_A_S0 RUN_A_S1 --vs-runs RUN_B_S0 RUN_B_S1 \
+        --names ddpm25 ddim25 --out OUT
+
 Writes OUT.json and OUT.md.
 """
 from __future__ import annotations
@@ -34,6 +39,24 @@ def _seeds(rows: dict, name: str) -> dict[int, dict]:
 def _metrics(row: dict) -> dict[str, float]:
     final = list(row["test_final_row"].values())
     return {"overall": row["test_overall"], "previous": float(np.mean(final[:-1]))}
+
+
+def rows_from_runs(dirs: list[str], name: str) -> dict[str, dict]:
+    """segmentor_budget-style rows (percent) from finished run folders, keyed NAME-sSEED."""
+    rows = {}
+    for d in map(Path, dirs):
+        metrics, config = d / "metrics.json", d / "config.json"
+        if not metrics.is_file() or not config.is_file():
+            raise SystemExit(f"{d}: no metrics.json and config.json: not a run folder")
+        m = json.loads(metrics.read_text())
+        if not m.get("complete"):
+            raise SystemExit(f"{d}: the run is not finished ({m.get('completed_rounds')} rounds done)")
+        seed = int(json.loads(config.read_text())["train"]["seed"])
+        if f"{name}-s{seed}" in rows:
+            raise SystemExit(f"{d}: a second run of seed {seed} for {name!r}")
+        rows[f"{name}-s{seed}"] = {"name": name, "seed": seed, "run": str(d), "test_overall": 100 * m["overall"],
+                                   "test_final_row": {k: 100 * v for k, v in m["final_row"].items()}}
+    return rows
 
 
 def compare(rows: dict, base: str, other: str) -> dict:
@@ -86,17 +109,33 @@ def to_markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="row name of the method compared against the others")
-    ap.add_argument("--vs", nargs="+", required=True, help="row names to pair with --base")
+    ap.add_argument("--base", help="row name of the method compared against the others")
+    ap.add_argument("--vs", nargs="+", help="row names to pair with --base")
     ap.add_argument("--results", default=str(RESULTS / "segmentor_budget" / "segmentor_budget.json"))
+    ap.add_argument("--base-runs", nargs="+", metavar="RUN", help="run folders of the base method (instead of rows)")
+    ap.add_argument("--vs-runs", nargs="+", metavar="RUN", help="run folders of the method paired with them")
+    ap.add_argument("--names", nargs=2, default=["base", "vs"], metavar=("BASE", "VS"),
+                    help="labels of --base-runs and --vs-runs in the table")
     ap.add_argument("--out", required=True, help="output path without suffix (OUT.json, OUT.md)")
     args = ap.parse_args(argv)
-    path = Path(args.results)
-    if not path.is_file():
-        raise SystemExit(f"--results {path}: no such file")
-    rows = json.loads(path.read_text())["rows"]
-    results = [compare(rows, args.base, other) for other in args.vs]
-    write_json({"results_file": str(path), "comparisons": results}, f"{args.out}.json")
+    if args.base_runs or args.vs_runs:
+        if not (args.base_runs and args.vs_runs) or args.base or args.vs:
+            raise SystemExit("give --base-runs and --vs-runs together, without --base / --vs")
+        if args.names[0] == args.names[1]:
+            raise SystemExit(f"--names: the two labels must differ, got {args.names}")
+        rows = {**rows_from_runs(args.base_runs, args.names[0]), **rows_from_runs(args.vs_runs, args.names[1])}
+        source, results = "run folders", [compare(rows, *args.names)]
+        for r in results:
+            r["runs"] = {n: {s: rows[f"{n}-s{s}"]["run"] for s in r["seeds"]} for n in args.names}
+    else:
+        if not (args.base and args.vs):
+            raise SystemExit("give --base and --vs (rows of --results), or --base-runs and --vs-runs")
+        path = Path(args.results)
+        if not path.is_file():
+            raise SystemExit(f"--results {path}: no such file")
+        rows = json.loads(path.read_text())["rows"]
+        source, results = str(path), [compare(rows, args.base, other) for other in args.vs]
+    write_json({"results_file": source, "comparisons": results}, f"{args.out}.json")
     md = Path(f"{args.out}.md")
     table = to_markdown(results)
     md.with_name(md.name + ".tmp").write_text(table)

@@ -527,6 +527,35 @@ def test_paired_seeds_names_the_row_it_cannot_find(tmp_path):
         run(["--base", "a", "--vs", "c", "--results", str(results), "--out", str(tmp_path / "o")])
 
 
+def _run_folder(root, name, seed, overall, final_row, complete=True):
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
+    (run / "metrics.json").write_text(json.dumps({"complete": complete, "completed_rounds": 3 if complete else 1,
+                                                  "overall": overall, "final_row": dict(zip(["t1", "t2", "t3"], final_row))}))
+    return str(run)
+
+
+def test_paired_seeds_pairs_run_folders_by_their_configs_seed(tmp_path):
+    # given in another order than their seeds: pairs are made by each run's own seed, not by position
+    a = [_run_folder(tmp_path, "a1", 1, 0.82, [0.8, 0.8, 0.5]), _run_folder(tmp_path, "a0", 0, 0.80, [0.9, 0.7, 0.0])]
+    b = [_run_folder(tmp_path, "b0", 0, 0.79, [0.85, 0.75, 0.99]), _run_folder(tmp_path, "b1", 1, 0.83, [0.7, 0.8, 0.0])]
+    [r] = script("paired_seeds").main(["--base-runs", *a, "--vs-runs", *b, "--names", "new", "old",
+                                       "--out", str(tmp_path / "p")])
+    assert r["seeds"] == [0, 1] and r["base"] == "new" and r["vs"] == "old"
+    # percent: overall 80 - 79 and 82 - 83; previous tasks (80 - 80) and (80 - 75)
+    assert [round(d, 9) for d in r["overall"]["diff"]] == [1.0, -1.0]
+    assert [round(d, 9) for d in r["previous"]["diff"]] == [0.0, 5.0]
+    assert r["runs"]["new"] == {0: a[1], 1: a[0]}
+    unfinished = _run_folder(tmp_path, "a2", 2, 0.5, [0.5, 0.5, 0.5], complete=False)
+    with pytest.raises(SystemExit, match="a2: the run is not finished"):
+        script("paired_seeds").main(["--base-runs", unfinished, "--vs-runs", *b, "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match="a second run of seed 0"):
+        script("paired_seeds").main(["--base-runs", a[1], b[0], "--vs-runs", *b, "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match="together"):
+        script("paired_seeds").main(["--base-runs", *a, "--out", str(tmp_path / "p")])
+
+
 def _fake_run(root, name, rows, drift):
     run = root / name
     run.mkdir()
