@@ -1,4 +1,5 @@
-"""Paired-seed comparison of segmentor_budget rows or of run folders: is a method above another on the same seeds and machine?
+"""Paired-seed comparison of segmentor_budget rows or of run folders: is a method above another on the same seeds
+and machine?
 
     python benchmarks/paired_seeds.py --base c2gr_train.amp_bf16-false_amx \
         --vs cgr_train.amp_bf16-false_amx c2gr-norups_train.amp_bf16-false_amx \

@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
             v["speedup_vs_ddpm200"] = base["sec_per_pair"] / v["sec_per_pair"]
     out = write_json(result, args.out)
     for k, v in per.items():
-        print(f"{k:13s} {1000 * v['sec_per_pair']:8.1f} ms/pair  correspondence DSC {100 * v['correspondence_dsc']:5.1f}"
+        print(f"{k:13s} {1000 * v['sec_per_pair']:8.1f} ms/pair  "
+              f"correspondence DSC {100 * v['correspondence_dsc']:5.1f}"
               + (f"  {v['speedup_vs_ddpm200']:5.1f}x faster than ddpm-200" if "speedup_vs_ddpm200" in v else ""))
     if "fewest_ddim_steps_within_1_point_of_ddpm200" in result:
         print("fewest DDIM steps within 1 DSC point of DDPM-200:",

@@ -75,7 +75,8 @@ def test_replay_cost_compares_samplers_from_one_checkpoint(table, tmp_path):
         r["fewest_steps_within_1_point_of_ddpm200"] is None
 
 
-@pytest.mark.parametrize("spec", ["euler-10", "ddim-x", "ddpm-25-eta1", "ddim-25-eta2", "ddim-25-etax", "ddim-25-eta1-2"])
+@pytest.mark.parametrize("spec", ["euler-10", "ddim-x", "ddpm-25-eta1", "ddim-25-eta2", "ddim-25-etax",
+                                  "ddim-25-eta1-2"])
 def test_replay_cost_rejects_a_bad_sampler(table, spec):
     out, _ = table
     with pytest.raises(SystemExit, match="sampler-steps"):
@@ -531,15 +532,17 @@ def _run_folder(root, name, seed, overall, final_row, complete=True):
     run = root / name
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
+    final = dict(zip(["t1", "t2", "t3"], final_row))
     (run / "metrics.json").write_text(json.dumps({"complete": complete, "completed_rounds": 3 if complete else 1,
-                                                  "overall": overall, "final_row": dict(zip(["t1", "t2", "t3"], final_row))}))
+                                                  "overall": overall, "final_row": final}))
     return str(run)
 
 
 def test_paired_seeds_pairs_run_folders_by_their_configs_seed(tmp_path):
     # given in another order than their seeds: pairs are made by each run's own seed, not by position
     a = [_run_folder(tmp_path, "a1", 1, 0.82, [0.8, 0.8, 0.5]), _run_folder(tmp_path, "a0", 0, 0.80, [0.9, 0.7, 0.0])]
-    b = [_run_folder(tmp_path, "b0", 0, 0.79, [0.85, 0.75, 0.99]), _run_folder(tmp_path, "b1", 1, 0.83, [0.7, 0.8, 0.0])]
+    b = [_run_folder(tmp_path, "b0", 0, 0.79, [0.85, 0.75, 0.99]),
+         _run_folder(tmp_path, "b1", 1, 0.83, [0.7, 0.8, 0.0])]
     [r] = script("paired_seeds").main(["--base-runs", *a, "--vs-runs", *b, "--names", "new", "old",
                                        "--out", str(tmp_path / "p")])
     assert r["seeds"] == [0, 1] and r["base"] == "new" and r["vs"] == "old"
