@@ -48,7 +48,7 @@ def rows_from_runs(dirs: list[str], name: str) -> dict[str, dict]:
     for d in map(Path, dirs):
         metrics, config = d / "metrics.json", d / "config.json"
         if not metrics.is_file() or not config.is_file():
-            raise SystemExit(f"{d}: no metrics.json and config.json: not a run folder")
+            raise SystemExit(f"{d}: lacks metrics.json or config.json: not a run folder")
         m = json.loads(metrics.read_text())
         if not m.get("complete"):
             raise SystemExit(f"{d}: the run is not finished ({m.get('completed_rounds')} rounds done)")
