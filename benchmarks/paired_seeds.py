@@ -44,6 +44,8 @@ def _metrics(row: dict) -> dict[str, float]:
 
 def rows_from_runs(dirs: list[str], name: str) -> dict[str, dict]:
     """segmentor_budget-style rows (percent) from finished run folders, keyed NAME-sSEED."""
+    # Only metrics.json and config.json, not rundir.read_run: the copies kept in benchmarks/results are trimmed to
+    # a run's tables and have no stream.json or progress.json.
     rows = {}
     for d in map(Path, dirs):
         metrics, config = d / "metrics.json", d / "config.json"

@@ -16,6 +16,7 @@ Writes benchmarks/results/replay_cost.json (or --out).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,19 +34,16 @@ from c2gr_core.experiment.runs import load_method  # noqa: E402
 SAMPLERS = [("ddpm", 200), ("ddim", 50), ("ddim", 25), ("ddim", 10)]
 
 
+SPEC = re.compile(r"(ddpm|ddim)-(\d+)(?:-eta(\d+(?:\.\d*)?))?")
+
+
 def parse_sampler(spec: str) -> tuple[str, int, float]:
     """'ddim-25-eta0.5' -> ('ddim', 25, 0.5); eta is 0 unless given, and only DDIM has one."""
-    kind, _, rest = spec.partition("-")
-    steps, _, eta = rest.partition("-eta")
-    try:
-        eta_value = float(eta) if eta else 0.0
-    except ValueError:
-        eta_value = -1.0
-    if kind not in ("ddpm", "ddim") or not steps.isdigit() or not 0.0 <= eta_value <= 1.0 or \
-            (eta and kind != "ddim") or rest.count("-") > 1:
+    m = SPEC.fullmatch(spec)
+    if not m or (m[3] and (m[1] != "ddim" or float(m[3]) > 1.0)):
         raise SystemExit(f"--samplers: {spec!r} is not sampler-steps[-etaE] with sampler ddpm|ddim and "
                          f"0 <= E <= 1 for DDIM only (e.g. ddim-25, ddim-25-eta1)")
-    return kind, int(steps), eta_value
+    return m[1], int(m[2]), float(m[3] or 0.0)
 
 
 def label(kind: str, steps: int, eta: float) -> str:
@@ -66,6 +64,10 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     samplers = [parse_sampler(s) for s in args.samplers]
+    labels = [label(*x) for x in samplers]
+    twice = sorted({k for k in labels if labels.count(k) > 1})
+    if twice:
+        raise SystemExit(f"--samplers: {twice} given twice (eta 0 is the plain DDIM)")
     gen_run = finished_run(args.runs, args.method, args.seed)
     m = load_method(gen_run)
     ref = load_method(finished_run(args.runs, "joint", args.seed))

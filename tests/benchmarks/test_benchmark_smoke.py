@@ -76,11 +76,18 @@ def test_replay_cost_compares_samplers_from_one_checkpoint(table, tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["euler-10", "ddim-x", "ddpm-25-eta1", "ddim-25-eta2", "ddim-25-etax",
-                                  "ddim-25-eta1-2"])
+                                  "ddim-25-eta1-2", "ddim-25-eta-1", "ddim--eta1"])
 def test_replay_cost_rejects_a_bad_sampler(table, spec):
     out, _ = table
     with pytest.raises(SystemExit, match="sampler-steps"):
         script("replay_cost").main(["--runs", str(out / "runs"), "--samplers", spec])
+
+
+def test_replay_cost_refuses_one_sampler_twice(table):
+    # eta 0 is the plain DDIM: both would write the same row of the results
+    out, _ = table
+    with pytest.raises(SystemExit, match="given twice"):
+        script("replay_cost").main(["--runs", str(out / "runs"), "--samplers", "ddim-25", "ddim-25-eta0"])
 
 
 def test_replay_cost_passes_each_samplers_eta_to_the_chain(table, tmp_path):
