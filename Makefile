@@ -35,8 +35,15 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 # --durations: the slowest items in every CI log, to keep the suite within its 15 minutes on 2 cores.
+# Two workers of one thread each (TEST_WORKERS): most of the suite is single-threaded (imports, kernels,
+# subprocesses), so one process left a core idle; two workers of two threads each oversubscribed the cores
+# and OpenMP stalled. --dist loadfile keeps a notebook's cells, and a test file's fixtures, in one worker.
+# (2-core AMD EPYC Zen 3: 1039 s in one process, 871 s in two workers before a test's thread setting was
+# kept from leaking into later tests, see conftest.py.)
+TEST_WORKERS ?= 2
 test: env
-	$(BIN)/python -m pytest -q tests $(wildcard notebooks/*.ipynb) --nbval-lax --nbval-current-env --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(wildcard notebooks/*.ipynb) \
+		--nbval-lax --nbval-current-env --durations=15
 
 stream: env
 	$(BIN)/python -m c2gr_core.interface.batch notebooks/05_full_stream.ipynb --tag stream-$(TAG) $(STREAM_PARAMS) $(PARAMS)

@@ -18,6 +18,19 @@ EXECUTED = ROOT / "runs" / "ci" / "notebooks"
 _executed: dict = {}   # notebook path -> (nbformat notebook being filled, [outputs of code cells run so far])
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test ends with torch's thread count as it began. A benchmark's main() sets the count for its
+    process, and in a test that would outlive the test: under `make test`'s two workers of one thread each,
+    a worker left at two threads oversubscribed both cores and OpenMP's barriers stalled (the generator
+    recipes' smoke test took 235 s instead of 10)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _nbval_cell(item) -> bool:
     return type(item).__name__ == "IPyNbCell" and hasattr(item, "test_outputs")
 

@@ -37,6 +37,16 @@ def put_row(path: str | os.PathLike, key: str, row: dict) -> Path:
     return write_json({"rows": rows}, path)
 
 
+def default_threads() -> int:
+    """torch threads of a benchmark given no --threads: OMP_NUM_THREADS when set (the Makefile exports 2;
+    `make test` runs two workers of 1, and a smoke test at 2 would oversubscribe the cores), else 2, the
+    2-core machines the figures are measured on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return 2
+
+
 def run_wall_s(run: str | os.PathLike) -> float:
     """Seconds a finished run spent replaying, training and evaluating, from its timings.json."""
     timings = json.loads((Path(run) / "timings.json").read_text())

@@ -189,11 +189,23 @@ def test_profile_step_split_times_each_change_alone(tmp_path):
         assert call["speedup"] == call["speedup_over_before"]["after"]
 
 
-def test_profile_step_with_a_given_setup_probes_only_the_kernels(tmp_path):
+def test_profile_step_with_a_given_setup_probes_only_the_kernels(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")   # no --threads: the environment's count, not 2
     r = script("profile_step").main(["--quick", "--no-ops", "--setup", "fp32_channels_last",
                                      "--out", str(tmp_path / "p.json")])
+    assert r["threads"] == 3
     assert r["after_setup"] == "fp32_channels_last" and not r["setup_probed"]
     assert set(r["numerics_probe_s"]) == {"math", "sdpa", "one", "separate"}
+
+
+@pytest.mark.parametrize("env, threads", [(None, 2), ("1", 1), ("4", 4), ("0", 1), ("junk", 2)])
+def test_default_threads_follow_omp_num_threads(monkeypatch, env, threads):
+    from benchmarks._common import default_threads
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert default_threads() == threads
 
 
 def test_profile_step_repeats_the_probe_with_the_runs_allocator(tmp_path, monkeypatch):
