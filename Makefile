@@ -38,8 +38,9 @@ env: $(STAMP)
 # Two workers of one thread each (TEST_WORKERS): most of the suite is single-threaded (imports, kernels,
 # subprocesses), so one process left a core idle; two workers of two threads each oversubscribed the cores
 # and OpenMP stalled. --dist loadfile keeps a notebook's cells, and a test file's fixtures, in one worker.
-# (2-core AMD EPYC Zen 3: 1039 s in one process, 871 s in two workers before a test's thread setting was
-# kept from leaking into later tests, see conftest.py.)
+# Fresh-clone .ci/run on a 2-core AMD EPYC Zen 3, 2026-12-07: 1039 s in one process, 611 s in two workers
+# (871 s while a benchmark smoke test's thread setting still leaked into later tests: conftest.py).
+# TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: env
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(wildcard notebooks/*.ipynb) \
