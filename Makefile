@@ -38,12 +38,12 @@ env: $(STAMP)
 # Two workers of one thread each (TEST_WORKERS): most of the suite is single-threaded (imports, kernels,
 # subprocesses), so one process left a core idle; two workers of two threads each oversubscribed the cores
 # and OpenMP stalled. --dist loadfile keeps a notebook's cells, and a test file's fixtures, in one worker.
-# Fresh-clone .ci/run on a 2-core AMD EPYC Zen 3, 2026-12-07: 1039 s in one process, 611 s in two workers
-# (871 s while a benchmark smoke test's thread setting still leaked into later tests: conftest.py).
-# TEST_WORKERS=0 runs everything in one process.
+# Fresh-clone .ci/run on a 2-core AMD EPYC Zen 3, 2026-12-07: 1039 s in one process, 611 and 653 s in two workers
+# (871 s, in the workbench, while a benchmark smoke test's thread setting still leaked into later tests:
+# conftest.py). TEST_WORKERS=0 runs everything in one process, with two threads.
 TEST_WORKERS ?= 2
 test: env
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(wildcard notebooks/*.ipynb) \
+	OMP_NUM_THREADS=$(if $(filter 0,$(TEST_WORKERS)),2,1) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(wildcard notebooks/*.ipynb) \
 		--nbval-lax --nbval-current-env --durations=15
 
 stream: env

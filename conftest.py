@@ -5,6 +5,8 @@ nbval executes every notebook cell by cell and keeps what each cell displayed
 checked as they come: a cell fails when it shows a figure or table the notebook already showed,
 or prints a figure's repr (`notebook.repeated_displays`). The executed notebooks are written to
 runs/ci/notebooks/ (CI artefacts; papermill would give the same file, without a second run).
+
+Every test also ends with torch's thread count as it began (`_torch_threads_restored`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ batch distilled from the frozen teacher as the bench preset does) and one replay
 (DDIM over `replay_per_task` pairs of one task), each before and after the speed changes of this
 workbench (attention kernel by device, numerics chosen per run).
 
-    python benchmarks/profile_step.py                  # bench preset, 2 threads
+    python benchmarks/profile_step.py                  # bench preset, 2 threads (OMP_NUM_THREADS, else 2)
     python benchmarks/profile_step.py --preset cpu     # 64^2 networks of the cpu preset
     python benchmarks/profile_step.py --preset cpu --replay-pairs 16   # sampling of 16 pairs, not 200
     python benchmarks/profile_step.py --split --no-ops # each change of "after" alone, timed only

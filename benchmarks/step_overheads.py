@@ -16,7 +16,7 @@ sampling; each Adam) interleaved; the minimum over all children is reported, wit
 minor page faults and system time per call. The networks run in the numerics a run of the preset
 would choose here (`training/numerics.py`), or in --setup.
 
-    python benchmarks/step_overheads.py                 # bench preset, 2 threads
+    python benchmarks/step_overheads.py                 # bench preset, 2 threads (OMP_NUM_THREADS, else 2)
     python benchmarks/step_overheads.py --preset cpu --reps 2 --rounds 2
 
 Writes benchmarks/results/step_overheads[_<preset>].json (or --out).
