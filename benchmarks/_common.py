@@ -47,6 +47,12 @@ def default_threads() -> int:
         return 2
 
 
+def add_threads_arg(ap) -> None:
+    """The --threads option every training or sampling benchmark takes (default: `default_threads`)."""
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+
+
 def run_wall_s(run: str | os.PathLike) -> float:
     """Seconds a finished run spent replaying, training and evaluating, from its timings.json."""
     timings = json.loads((Path(run) / "timings.json").read_text())

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from c2gr_core.analysis.inspection import load_pairs, replay_samples  # noqa: E402
 from c2gr_core.experiment.runs import load_method, load_run_task, read_run  # noqa: E402
 
@@ -73,8 +73,7 @@ def run_shares(run: Path, log) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished run directories")
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--out", default=str(RESULTS / "foreground_share.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

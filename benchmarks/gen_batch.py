@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, cpu_model, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, cpu_model, write_json  # noqa: E402
 from benchmarks.profile_step import Case  # noqa: E402
 from benchmarks.training_cost import Setup  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
@@ -57,8 +57,7 @@ def main(argv=None) -> dict:
                     help="bf16 is emulated, and minutes per step, on a CPU without bf16 instructions")
     ap.add_argument("--pairs", type=int, default=None, help="training pairs per epoch (default: the preset's data.n_train)")
     ap.add_argument("--reps", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--teacher-share", action="store_true",
                     help="also time each step with the replayed pairs' analytic targets instead of the teacher's "
                          "(replay_target 'data'): the difference is what the teacher's forward costs")

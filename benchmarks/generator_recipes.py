@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from c2gr_core.interface.cli import apply_overrides  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.methods.coupled import C2GRModel  # noqa: E402
@@ -109,8 +109,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0,
                     help="the generator's seed: its training pairs, initial weights, batch order, diffusion noise and "
                          "sampling noise (the reference segmentors keep theirs, so every seed is scored by one ruler)")
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--attention", choices=ATTENTION_KINDS, default="math",
                     help="the denoiser's attention kernel (models/attention.py). math: the CPU default, what every "
                          "recorded row used; sdpa: the same maths by torch's fused kernel, which a run's numerics "

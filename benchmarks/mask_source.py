@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, TABLE_RUNS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, TABLE_RUNS, add_threads_arg, write_json  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
 from c2gr_core.methods import register  # noqa: E402
 from c2gr_core.methods.c2gr import C2GR  # noqa: E402
@@ -59,8 +59,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default=str(TABLE_RUNS), help="method-table runs to compare with")
     ap.add_argument("--out", default=str(RESULTS / "mask_source"))
     ap.add_argument("--quick", action="store_true", help="smoke size: tiny preset, 2 tasks, 1 epoch")
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -47,7 +47,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from benchmarks.training_cost import Setup  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.diffusion import sample_pairs  # noqa: E402
@@ -156,8 +156,7 @@ def by_op(fn, top: int) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--reps", type=int, default=5, help="timed calls per case and call (interleaved; min reported)")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--replay-pairs", type=int, default=None,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from benchmarks.generator_recipes import train_reference  # noqa: E402
 from benchmarks.task_identity import pooled, task_classifier  # noqa: E402
 from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
@@ -76,8 +76,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=96, help="pairs per cell (default 96)")
     ap.add_argument("--ref-steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0, help="noise of the samples, the same in every cell")
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--out", default=str(RESULTS / "prompt_drift.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from benchmarks.generator_recipes import train_reference  # noqa: E402
 from c2gr_core.analysis.inspection import load_pairs, replay_samples  # noqa: E402
 from c2gr_core.analysis.quality import correspondence_dsc  # noqa: E402
@@ -36,8 +36,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="finished run directories of generative methods")
     ap.add_argument("--ref-steps", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--out", default=str(RESULTS / "replay_drift.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

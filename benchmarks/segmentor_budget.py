@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks._common import RESULTS, default_threads, put_row, run_wall_s  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, put_row, run_wall_s  # noqa: E402
 from benchmarks.method_table import QUICK_STREAM, STREAM, bench_config, is_complete  # noqa: E402
 from c2gr_core.experiment.runner import load_stream_task, resolve_entries, run_stream  # noqa: E402
 from c2gr_core.experiment.runs import load_method, read_run  # noqa: E402
@@ -58,8 +58,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-val", type=int, default=64, help="validation pairs per task (default 64)")
     ap.add_argument("--out", default=str(RESULTS / "segmentor_budget"))
     ap.add_argument("--quick", action="store_true", help="smoke size: tiny preset, 2 tasks, 1 epoch")
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--n-tasks", type=int, default=None,
                     help="only the first N tasks of the stream (a shorter probe; the row name gets _tasks-N)")
     args = ap.parse_args(argv)

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 
 CALLS = ("coupled_step", "generator_step", "replay_sampling")
 ADAMS = {"loop": {"foreach": False}, "fused": {"fused": True}}
@@ -122,8 +122,7 @@ def parent(args) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench", choices=["tiny", "bench", "cpu"])
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--reps", type=int, default=6, help="timed calls per child, each call and Adam")
     ap.add_argument("--rounds", type=int, default=3, help="child processes per allocator, started alternately")
     ap.add_argument("--setup", default="auto", choices=["auto", "fp32", "fp32_channels_last", "bf16"])

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from benchmarks._common import RESULTS, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.diffusion import joint_loss, make_ema, make_scheduler, sample_pairs  # noqa: E402
 from c2gr_core.experiment.runs import method_context  # noqa: E402
@@ -72,8 +72,7 @@ def main(argv=None) -> dict:
                          "the same norm, nearly orthogonal - tells prompt similarity apart from the denoiser's prompt path")
     ap.add_argument("--pairs", type=int, default=32, help="generated pairs per task at each checkpoint")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--out", default=str(RESULTS / "task_identity" / "task_identity.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

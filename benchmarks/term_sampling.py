@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, cpu_model, default_threads, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, cpu_model, write_json  # noqa: E402
 from benchmarks.gen_batch import SETUPS  # noqa: E402
 from benchmarks.profile_step import Case  # noqa: E402
 from benchmarks.training_cost import Setup  # noqa: E402
@@ -44,8 +44,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--setups", nargs="+", default=["fp32", "bf16"], choices=sorted(SETUPS),
                     help="bf16 is emulated, and minutes per step, on a CPU without bf16 instructions")
     ap.add_argument("--reps", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
+    add_threads_arg(ap)
     ap.add_argument("--quick", action="store_true", help="smoke: tiny preset, batch 4, fp32, 1 rep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
