@@ -70,6 +70,10 @@ class DiffusionConfig:
     objective: str = "bjd"                    # "bjd" (eq. 3) or "njd" (eq. 1)
     sampler: str = "ddim"                     # "ddpm" or "ddim"
     sample_steps: int = 10                    # paper: DDPM with 200 reverse steps
+    # DDIM's eta (Song et al. eq. 16): 0 the deterministic DDIM, 1 the ancestral DDPM's posterior variance
+    # on DDIM's grid. On a trained bench generator eta 1 corresponded 4.5 points better than eta 0 at the
+    # same cost (BENCHMARKS.md section 6). DDIM only: the DDPM sampler has no eta.
+    ddim_eta: float = 0.0
     mask_code: str = "onehot"                 # how a label map becomes continuous channels
     # The training recipe (diffusion.py). These defaults are eq. 1 / 3 as written; the CPU presets
     # use the recipe that learns at their sizes (BENCHMARKS.md, generator diagnostic).
@@ -360,6 +364,8 @@ def _rules(cfg: "ExperimentConfig") -> dict[str, tuple]:
         "diffusion.sampler": one_of(SAMPLERS),
         "diffusion.sample_steps": (lambda v: 1 <= v <= cfg.diffusion.num_train_timesteps,
                                    ">= 1 and <= diffusion.num_train_timesteps"),
+        "diffusion.ddim_eta": (lambda v: 0 <= v <= 1 and (v == 0 or cfg.diffusion.sampler == "ddim"),
+                               "in [0, 1], and 0 unless diffusion.sampler is 'ddim' (the DDPM sampler has no eta)"),
         # Only the one-hot code is implemented; another name would be recorded and ignored.
         "diffusion.mask_code": one_of(MASK_CODES),
         "diffusion.prediction": one_of(PREDICTIONS),

@@ -74,12 +74,12 @@ def ddim_step(scheduler, output: torch.Tensor, t: int, t_prev: int, sample: torc
 def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: int, image_size: int,
                   sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
                   generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
-                  eta: float = 0.0, bf16: bool = False) -> torch.Tensor:
+                  eta: float | None = None, bf16: bool = False) -> torch.Tensor:
     """n samples (n, channels, H, W) drawn from pure noise by the reverse process (sec. 3.1).
 
     The one reverse-chain loop of the workbench: joint pairs (`sample_pairs`) and GR's images use it.
     prompt: (P,) for one task or (n, P) per sample. sampler/steps default to cfg.sampler/cfg.sample_steps
-    (paper: DDPM, 200 steps over K = 1000); the output is read as cfg.prediction. Samples are drawn
+    (paper: DDPM, 200 steps over K = 1000), DDIM's eta to cfg.ddim_eta; the output is read as cfg.prediction. Samples are drawn
     `chunk_size` at a time; `progress` (True or a description) shows a bar over reverse steps, or
     is an open bar (anything with `update(n)`, e.g. a tqdm the caller owns and closes) that each
     reverse step advances by one: the replay inspector draws in several calls under one bar.
@@ -91,6 +91,12 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
     steps = int(cfg.sample_steps if steps is None else steps)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {sampler!r}; allowed: {list(SAMPLERS)}")
+    if eta is not None and eta != 0 and sampler != "ddim":
+        raise ValueError(f"sampling: eta {eta} given for the {sampler!r} sampler; only DDIM has an eta")
+    # cfg.ddim_eta belongs to DDIM: a caller that picks the DDPM sampler on such a config gets plain DDPM.
+    eta = float(cfg.ddim_eta if eta is None else eta)
+    if not 0 <= eta <= 1:
+        raise ValueError(f"sampling: eta must be in [0, 1] (Song et al. eq. 16), got {eta}")
     if n < 1 or chunk_size < 1:
         raise ValueError(f"sampling: n and chunk_size must be >= 1, got {n}, {chunk_size}")
     prompt = prompt.unsqueeze(0).expand(n, -1) if prompt.ndim == 1 else prompt
@@ -140,7 +146,7 @@ def reverse_chain(denoiser: nn.Module, prompt: torch.Tensor, n: int, channels: i
 def sample_pairs(denoiser: nn.Module, prompt: torch.Tensor, n: int, image_size: int, codec: MaskCodec,
                  sampler: str | None = None, steps: int | None = None, cfg: DiffusionConfig | None = None,
                  generator: torch.Generator | None = None, progress=False, chunk_size: int = 64,
-                 eta: float = 0.0, image_channels: int = 3, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 eta: float | None = None, image_channels: int = 3, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw n image–mask pairs with `reverse_chain`, prompted by zeta.
 
     Returns images (n, 3, H, W) clamped to [-1, 1] and labels (n, H, W) long in 0..n_labels-1.

@@ -537,6 +537,7 @@ PROBES: dict[str, Probe] = {
     "diffusion.objective": Forced("njd", refused_by="c2gr", trained_by="c2gr-njd", observe=denoiser_batches),
     "diffusion.sampler": Changes("ddpm", observe=replayed_pairs),
     "diffusion.sample_steps": Changes(3, observe=reverse_chain_steps),
+    "diffusion.ddim_eta": Changes(1.0, observe=replayed_pairs),
     "diffusion.mask_code": Refused("bits"),
     "diffusion.prediction": Changes("eps", observe=diffusion_loss_of_zero_denoiser),
     "diffusion.loss_weighting": Changes("uniform", observe=diffusion_loss_of_zero_denoiser),
@@ -628,3 +629,16 @@ def test_distillation_weights_without_teacher_targets_are_refused(key, value):
         validate(cfg)
     cfg.diffusion.replay_target = "teacher"
     validate(cfg)
+
+
+@pytest.mark.parametrize("sampler, eta, ok", [("ddim", 1.0, True), ("ddim", 0.0, True), ("ddpm", 0.0, True),
+                                               ("ddpm", 1.0, False), ("ddim", 1.5, False), ("ddim", -0.1, False)])
+def test_ddim_eta_is_refused_outside_ddim_and_outside_0_1(sampler, eta, ok):
+    """DDIM's eta has no meaning for the DDPM sampler: a run would record it unused, so it is refused."""
+    cfg = base_cfg()
+    cfg.diffusion.sampler, cfg.diffusion.ddim_eta = sampler, eta
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ValueError, match=r"diffusion\.ddim_eta"):
+            validate(cfg)

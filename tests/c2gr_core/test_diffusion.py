@@ -299,6 +299,53 @@ def test_steps_equal_monai_when_every_step_is_run():
         assert torch.allclose(ddim_step(ddim, eps, t, t_prev, x), ddim.step(eps, t, x)[0], atol=1e-5), t
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ddim_eta_step_by_hand(eta):
+    """DDIM with eta (Song et al. eq. 16) on a strided grid: sigma = eta * sqrt(posterior variance), mean
+    sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps. At eta 1 this is the ancestral DDPM's posterior
+    q(x_prev | x_t, x0) (Ho et al. eq. 7), whose mean is written here in its own coefficients."""
+    sched = make_scheduler(DiffusionConfig(), "ddim")
+    t, t_prev = 600, 560                             # a strided step (40 training steps apart)
+    a, ap = ABAR[t], ABAR[t_prev]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 4, 4, generator=g) * 1.8 - 0.9   # inside [-1, 1]: no clipping
+    eps = torch.randn(2, 3, 4, 4, generator=g)
+    xt = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    z = torch.randn(xt.shape, generator=torch.Generator().manual_seed(7))
+    beta = 1 - a / ap
+    post_var = (1 - ap) / (1 - a) * beta
+    if eta == 1.0:
+        mean = math.sqrt(ap) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - ap) / (1 - a) * xt
+    else:
+        mean = math.sqrt(ap) * x0 + math.sqrt(1 - ap - eta ** 2 * post_var) * eps
+    expected = mean + eta * math.sqrt(post_var) * z
+    got = ddim_step(sched, eps, t, t_prev, xt, eta, torch.Generator().manual_seed(7))
+    assert torch.allclose(got, expected, atol=1e-5)
+    # the last step adds no noise whatever eta is
+    last = ddim_step(sched, eps, 5, -1, xt, eta, torch.Generator().manual_seed(7))
+    assert torch.allclose(last, ddim_step(sched, eps, 5, -1, xt, 0.0), atol=1e-6)
+
+
+def test_config_ddim_eta_reaches_the_chain_and_is_refused_where_it_means_nothing():
+    net = _unzeroed_tiny_denoiser()
+    codec, prompt = MaskCodec(M), torch.randn(P)
+
+    def draw(cfg, **kw):
+        return sample_pairs(net, prompt, 2, 32, codec, cfg=cfg, steps=3, generator=torch.Generator().manual_seed(0),
+                            **kw)[0]
+    with_eta = draw(DiffusionConfig(sampler="ddim", ddim_eta=1.0))
+    assert torch.equal(with_eta, draw(DiffusionConfig(sampler="ddim"), eta=1.0))   # the field is the default eta
+    assert not torch.allclose(with_eta, draw(DiffusionConfig(sampler="ddim")), atol=1e-3)
+    # an explicit eta wins over the field; the DDPM sampler has none, so the field does not reach it
+    assert torch.equal(draw(DiffusionConfig(sampler="ddim", ddim_eta=1.0), eta=0.0), draw(DiffusionConfig(sampler="ddim")))
+    assert torch.equal(draw(DiffusionConfig(sampler="ddim", ddim_eta=1.0), sampler="ddpm"),
+                       draw(DiffusionConfig(sampler="ddpm")))
+    with pytest.raises(ValueError, match="only DDIM has an eta"):
+        draw(DiffusionConfig(), sampler="ddpm", eta=0.5)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        draw(DiffusionConfig(), sampler="ddim", eta=1.5)
+
+
 # --------------------------------------------------------------------------------- samplers
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_samplers_return_valid_pairs_and_restore_mode(sampler):
