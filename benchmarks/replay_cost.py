@@ -10,7 +10,9 @@ sampling call divided by the pairs (one process, one after the other, so the rat
 when other jobs share the machine). The answer is the fewest DDIM steps whose mean correspondence
 DSC is within one point (1 % DSC) of DDPM-200's, among DDIM settings and among all (strided DDPM too,
 e.g. `--samplers ddpm-200 ddpm-50 ddim-25`). A DDIM sampler may carry its eta (Song et al. eq. 16:
-0 deterministic, the default; 1 the ancestral DDPM's variance): `ddim-25-eta1`, `ddim-25-eta0.5`.
+0 deterministic, the default; 1 the ancestral DDPM's variance): `ddim-25-eta1`, `ddim-25-eta0.5`. A spec
+without -etaE is eta 0 whatever the run's `diffusion.ddim_eta`, so a label means one sampler in every results
+file; the run's own eta is recorded (`run_ddim_eta`) and named when it is not 0.
 Writes benchmarks/results/replay_cost.json (or --out).
 """
 from __future__ import annotations
@@ -78,6 +80,9 @@ def main(argv=None) -> dict:
     if bad:
         raise SystemExit(f"--tasks: {bad} not in both runs; tasks: {names}")
     cfg = m.ctx.cfg
+    if cfg.diffusion.ddim_eta and any(kind == "ddim" and not eta for kind, _, eta in samplers):
+        print(f"note: {gen_run} samples its replay with DDIM eta {cfg.diffusion.ddim_eta:g}; the specs here "
+              f"without -etaE run eta 0", flush=True)
     m.model.eval()
     with torch.no_grad():
         _, z_gen = m.model.prompts(m.ctx.emb, len(names) - 1)
@@ -102,7 +107,7 @@ def main(argv=None) -> dict:
         v["correspondence_dsc"] = float(np.nanmean([r["correspondence_dsc"] for r in v["per_task"].values()]))
     result = {"run": str(gen_run), "reference": str(finished_run(args.runs, "joint", args.seed)),
               "pairs_per_task": args.pairs, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "samplers": per}
+              "run_ddim_eta": cfg.diffusion.ddim_eta, "samplers": per}
     base = per.get("ddpm-200")
     if base is not None:
         # Strided DDPM is the paper's own sampler with fewer steps, so it competes with DDIM for the answer.

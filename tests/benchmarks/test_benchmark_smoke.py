@@ -103,6 +103,7 @@ def test_replay_cost_passes_each_samplers_eta_to_the_chain(table, tmp_path):
                   "--samplers", "ddim-5", "ddim-5-eta0.5", "ddim-5-eta1", "--out", str(tmp_path / "rc.json")])
     assert seen == [("ddim", 5, 0.0), ("ddim", 5, 0.5), ("ddim", 5, 1.0)]
     assert list(r["samplers"]) == ["ddim-5", "ddim-5-eta0.5", "ddim-5-eta1"]
+    assert r["run_ddim_eta"] == 0.0   # the table's run samples its replay with the preset's eta
 
 
 def test_training_cost_quick(tmp_path):

@@ -321,9 +321,12 @@ def test_ddim_eta_step_by_hand(eta):
     expected = mean + eta * math.sqrt(post_var) * z
     got = ddim_step(sched, eps, t, t_prev, xt, eta, torch.Generator().manual_seed(7))
     assert torch.allclose(got, expected, atol=1e-5)
-    # the last step adds no noise whatever eta is
-    last = ddim_step(sched, eps, 5, -1, xt, eta, torch.Generator().manual_seed(7))
+    # the last step adds no noise whatever eta is, and draws none: the chain's next chunk starts from the
+    # same generator, so a draw here would move every later sample
+    g_last = torch.Generator().manual_seed(7)
+    last = ddim_step(sched, eps, 5, -1, xt, eta, g_last)
     assert torch.allclose(last, ddim_step(sched, eps, 5, -1, xt, 0.0), atol=1e-6)
+    assert torch.equal(torch.randn(3, generator=g_last), torch.randn(3, generator=torch.Generator().manual_seed(7)))
 
 
 def test_config_ddim_eta_reaches_the_chain_and_is_refused_where_it_means_nothing():
