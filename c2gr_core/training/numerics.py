@@ -6,7 +6,9 @@ in one forward.
 forward + backward of each of its networks (a copy, on random inputs of the batch it sees in a training
 step: `Method.probe_batch`) in the three candidate setups below, and trains with the fastest, preferring plain fp32 unless another
 setup is clearly faster (`MARGIN`): whether bf16 pays depends on the CPU (AVX-512 bf16, AMX, none)
-and on the network's size, so it is measured, never assumed. The decision is written to the run
+and on the network's size, so it is measured, never assumed. bf16 is left out only where the CPU has
+no bf16 kernels at all (`bf16_kernels`; an AVX2-only CPU), where it cannot win and timing it was most
+of the probe. The decision is written to the run
 directory (`numerics.json`) and a resumed run takes it from there, so a resume stays bit-equal.
 
 Candidates (BENCHMARKS.md "Training cost" has the side-by-side measurements behind them):
@@ -138,10 +140,23 @@ def _copies(networks, setup: str, attention: str | None = None) -> list[tuple[nn
     return [(fix_attention(n, attention), i) for n, i in out] if attention else out
 
 
+def bf16_kernels(device: torch.device) -> bool:
+    """Whether the device has bf16 kernels at all: on CUDA what the device reports; on a CPU whether
+    oneDNN has them for it (x86 with AVX-512 or AVX-NE-CONVERT, Arm with bf16). Without them autocast's
+    bf16 convolutions and matmuls convert to fp32 and back: 5-10x slower than fp32 on the AVX2-only
+    EPYCs measured (Zen 1, Zen 3; BENCHMARKS.md, "Training cost"), and timing that costs a run seconds."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if check is None else bool(check())   # unknown: time it rather than assume
+
+
 def probe(networks: list[tuple[nn.Module, tuple]], device: torch.device, reps: int = 5) -> dict[str, float]:
     """Seconds of one forward + backward of every (network, example inputs) pair, per setup (see
-    `_best_times`). Works on copies: the networks' weights, gradients and the global RNG are untouched."""
-    return _best_times({s: _copies(networks, s) for s in SETUPS}, {s: s == "bf16" for s in SETUPS}, device, reps)
+    `_best_times`); bf16 only where the device has bf16 kernels (`bf16_kernels`). Works on copies: the
+    networks' weights, gradients and the global RNG are untouched."""
+    setups = [s for s in SETUPS if s != "bf16" or bf16_kernels(device)]
+    return _best_times({s: _copies(networks, s) for s in setups}, {s: s == "bf16" for s in setups}, device, reps)
 
 
 def probe_attention(networks: list[tuple[nn.Module, tuple]], setup: str, device: torch.device,
@@ -188,7 +203,7 @@ def resolve(setting: bool | str, networks: list[tuple[nn.Module, tuple]], device
     method's step batches current + replay rows (then one forward is timed against two)."""
     if setting != "auto":
         return fixed(bool(setting))
-    if not networks or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+    if not networks or (device.type == "cuda" and not bf16_kernels(device)):
         return Numerics("fp32", setting)
     probe_s = probe(networks, device)
     setup = choose(probe_s)

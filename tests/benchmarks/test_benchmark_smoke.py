@@ -146,6 +146,17 @@ def test_profile_step_quick(tmp_path):
             assert call[case]["sec_min"] > 0 and abs(sum(shares) - 1) < 1e-6
 
 
+def test_probe_cost_times_both_cases_and_restores_the_check(tmp_path):
+    from c2gr_core.training import numerics
+    before = numerics.bf16_kernels
+    r = script("probe_cost").main(["--quick", "--threads", "1", "--out", str(tmp_path / "p.json")])
+    assert numerics.bf16_kernels is before
+    assert set(r["runs"]) == {"always", "by_cpu"} and all(len(v) == 1 for v in r["runs"].values())
+    assert "bf16" in r["runs"]["always"][0]["probe_s"]
+    assert ("bf16" in r["runs"]["by_cpu"][0]["probe_s"]) == r["bf16_kernels"]
+    assert json.loads((tmp_path / "p.json").read_text())["wall_s_min"] == r["wall_s_min"]
+
+
 def test_gen_batch_quick_counts_an_epoch_in_steps_of_each_batch(tmp_path):
     r = script("gen_batch").main(["--quick", "--pairs", "5", "--teacher-share", "--out", str(tmp_path / "g.json")])
     assert json.loads((tmp_path / "g.json").read_text())["rows"] == r["rows"]

@@ -37,7 +37,8 @@ def test_probe_times_every_setup_and_leaves_weights_grads_and_rng_alone():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     state = torch.get_rng_state()
     t = numerics.probe([(net, net.example_inputs(2, 16))], torch.device("cpu"), reps=1)
-    assert set(t) == set(numerics.SETUPS) and all(v > 0 for v in t.values())
+    timed = {s for s in numerics.SETUPS if s != "bf16" or numerics.bf16_kernels(torch.device("cpu"))}
+    assert set(t) == timed and all(v > 0 for v in t.values())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
     assert torch.equal(torch.get_rng_state(), state)
@@ -66,11 +67,41 @@ class _Paced(torch.nn.Module):
 
 def test_probe_stops_timing_a_setup_far_slower_than_fp32(monkeypatch):
     monkeypatch.setattr(_Paced, "calls", {})
+    monkeypatch.setattr(numerics, "bf16_kernels", lambda device: True)   # a CPU with AVX-512, say, whose bf16 loses
     t = numerics.probe([(_Paced(), (torch.zeros(1, 2, 4, 4),))], torch.device("cpu"), reps=5)
     # warm-up + 5 reps for fp32 and for channels-last (1.5x: it might still win); bf16 (20x) is
     # timed once after its warm-up and then left out
     assert _Paced.calls == {"fp32": 6, "fp32_channels_last": 6, "bf16": 2}
     assert t["bf16"] >= 0.2 and numerics.choose(t) == "fp32"
+
+
+def test_probe_leaves_bf16_out_where_the_cpu_has_no_bf16_kernels(monkeypatch):
+    monkeypatch.setattr(_Paced, "calls", {})
+    monkeypatch.setattr(numerics, "bf16_kernels", lambda device: False)
+    t = numerics.probe([(_Paced(), (torch.zeros(1, 2, 4, 4),))], torch.device("cpu"), reps=2)
+    assert _Paced.calls == {"fp32": 3, "fp32_channels_last": 3} and set(t) == {"fp32", "fp32_channels_last"}
+    assert numerics.choose(t) == "fp32"
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        line = next(l for l in open("/proc/cpuinfo") if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return set(line.split(":", 1)[1].split())
+
+
+def test_bf16_kernels_match_the_cpu_flags():
+    """oneDNN's bf16 needs AVX-512 (F/BW/VL/DQ: "avx512_core") or AVX-NE-CONVERT on x86; read from
+    /proc/cpuinfo, independently of torch. Only the two clear cases are asserted."""
+    flags = _cpu_flags()
+    if flags is None or "avx2" not in flags:
+        pytest.skip("needs an x86 Linux CPU (/proc/cpuinfo with its flags)")
+    avx512_core = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    if avx512_core:
+        assert numerics.bf16_kernels(torch.device("cpu")) is True
+    elif not flags & {"avx512f", "avx_ne_convert", "amx_bf16"}:
+        assert numerics.bf16_kernels(torch.device("cpu")) is False
 
 
 def test_fixed_settings_are_not_measured(monkeypatch):
