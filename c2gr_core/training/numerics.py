@@ -6,9 +6,9 @@ in one forward.
 forward + backward of each of its networks (a copy, on random inputs of the batch it sees in a training
 step: `Method.probe_batch`) in the three candidate setups below, and trains with the fastest, preferring plain fp32 unless another
 setup is clearly faster (`MARGIN`): whether bf16 pays depends on the CPU (AVX-512 bf16, AMX, none)
-and on the network's size, so it is measured, never assumed. bf16 is left out only where the CPU has
-no bf16 kernels at all (`bf16_kernels`; an AVX2-only CPU), where it cannot win and timing it was most
-of the probe. The decision is written to the run
+and on the network's size, so it is measured, never assumed. The one exception: bf16 is not timed
+where the CPU has no bf16 kernels at all (`bf16_kernels`; an AVX2-only CPU), where it is about 10x slower
+than fp32 and timing it was 27-41 % of the probe at bench (Zen 3). The decision is written to the run
 directory (`numerics.json`) and a resumed run takes it from there, so a resume stays bit-equal.
 
 Candidates (BENCHMARKS.md "Training cost" has the side-by-side measurements behind them):
@@ -143,12 +143,15 @@ def _copies(networks, setup: str, attention: str | None = None) -> list[tuple[nn
 def bf16_kernels(device: torch.device) -> bool:
     """Whether the device has bf16 kernels at all: on CUDA what the device reports; on a CPU whether
     oneDNN has them for it (x86 with AVX-512 or AVX-NE-CONVERT, Arm with bf16). Without them autocast's
-    bf16 convolutions and matmuls convert to fp32 and back: 5-10x slower than fp32 on the AVX2-only
-    EPYCs measured (Zen 1, Zen 3; BENCHMARKS.md, "Training cost"), and timing that costs a run seconds."""
+    bf16 convolutions and matmuls convert to fp32 and back: about 10x slower than fp32 on the AVX2-only
+    EPYCs measured (Zen 1, Zen 3; BENCHMARKS.md, "Training cost"), 27-41 % of a bench run's probe.
+    Where it cannot be told (another device, a torch without oneDNN) bf16 is timed, not assumed away."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return True if check is None else bool(check())   # unknown: time it rather than assume
+    if device.type != "cpu" or check is None or not torch.backends.mkldnn.is_available():
+        return True
+    return bool(check())
 
 
 def probe(networks: list[tuple[nn.Module, tuple]], device: torch.device, reps: int = 5) -> dict[str, float]:

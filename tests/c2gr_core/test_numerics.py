@@ -32,13 +32,13 @@ def test_choose_prefers_plain_fp32_unless_clearly_beaten(times, chosen):
     assert numerics.choose(times) == chosen
 
 
-def test_probe_times_every_setup_and_leaves_weights_grads_and_rng_alone():
+def test_probe_times_every_setup_and_leaves_weights_grads_and_rng_alone(monkeypatch):
+    monkeypatch.setattr(numerics, "bf16_kernels", lambda device: True)   # the bf16 copy too, on any CPU
     net = Denoiser(DenoiserConfig(), mask_channels=3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     state = torch.get_rng_state()
     t = numerics.probe([(net, net.example_inputs(2, 16))], torch.device("cpu"), reps=1)
-    timed = {s for s in numerics.SETUPS if s != "bf16" or numerics.bf16_kernels(torch.device("cpu"))}
-    assert set(t) == timed and all(v > 0 for v in t.values())
+    assert set(t) == set(numerics.SETUPS) and all(v > 0 for v in t.values())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
     assert torch.equal(torch.get_rng_state(), state)
@@ -92,16 +92,23 @@ def _cpu_flags() -> set[str] | None:
 
 
 def test_bf16_kernels_match_the_cpu_flags():
-    """oneDNN's bf16 needs AVX-512 (F/BW/VL/DQ: "avx512_core") or AVX-NE-CONVERT on x86; read from
-    /proc/cpuinfo, independently of torch. Only the two clear cases are asserted."""
+    """oneDNN's bf16 on x86 needs AVX-512 (F/BW/VL/DQ: "avx512_core") or AVX2 with AVX-VNNI and
+    AVX-NE-CONVERT; the flags are read from /proc/cpuinfo, independently of torch. Linux does not list
+    AVX-NE-CONVERT there, so a CPU with AVX-VNNI is left out; only the two clear cases are asserted."""
     flags = _cpu_flags()
     if flags is None or "avx2" not in flags:
         pytest.skip("needs an x86 Linux CPU (/proc/cpuinfo with its flags)")
     avx512_core = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
     if avx512_core:
         assert numerics.bf16_kernels(torch.device("cpu")) is True
-    elif not flags & {"avx512f", "avx_ne_convert", "amx_bf16"}:
+    elif not flags & {"avx512f", "avx_vnni", "amx_bf16"}:
         assert numerics.bf16_kernels(torch.device("cpu")) is False
+
+
+def test_bf16_is_timed_wherever_its_kernels_cannot_be_told(monkeypatch):
+    assert numerics.bf16_kernels(torch.device("mps")) is True   # not a CPU: oneDNN's check says nothing about it
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert numerics.bf16_kernels(torch.device("cpu")) is True   # a torch without oneDNN
 
 
 def test_fixed_settings_are_not_measured(monkeypatch):
