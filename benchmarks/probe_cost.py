@@ -12,7 +12,6 @@ and the setup, attention kernel and forward batching each repetition chose.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import RESULTS, add_threads_arg, write_json  # noqa: E402
+from benchmarks._common import RESULTS, add_threads_arg, cpu_model, write_json  # noqa: E402
 from benchmarks.profile_step import Setup, run_networks  # noqa: E402
 from c2gr_core.config import preset  # noqa: E402
 from c2gr_core.training import allocator, numerics  # noqa: E402
@@ -60,8 +59,8 @@ def main(argv=None) -> dict:
     finally:
         numerics.bf16_kernels = original
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "preset": args.preset, "batch_size": cfg.train.batch_size, "bf16_kernels": original(cpu), "reps": args.reps, "runs": runs,
+              "cpu": cpu_model(), "threads": torch.get_num_threads(), "preset": args.preset,
+              "batch_size": cfg.train.batch_size, "bf16_kernels": original(cpu), "reps": args.reps, "runs": runs,
               "wall_s_min": {c: min(r["wall_s"] for r in v) for c, v in runs.items()}}
     write_json(result, args.out or RESULTS / "profile" / f"probe_cost_{args.preset}.json")
     for case, v in runs.items():
